@@ -1,0 +1,884 @@
+/* The REST server: libmicrohttpd on one internal epoll thread (the HTTP
+ * thread), requests as objects, and the hand-off of registry writes to the
+ * store's writer thread.
+ *
+ * Threads. Every access handler and completion callback runs on the HTTP
+ * thread, so a request object belongs to that thread, with one exception:
+ * while a store write is in flight the request is suspended, and the store
+ * writer thread's `done` callback fills in its result fields (store_rc, after)
+ * and resumes it. Those fields, the `pending` link between request and write,
+ * and the counters below are guarded by g_lock. Reads (get, list, by
+ * thumbprint) run directly on the HTTP thread: they are short LMDB read
+ * transactions.
+ *
+ * Suspend before submit: the connection is suspended *before* the write is
+ * handed to the store, so a commit that finishes at once never resumes a
+ * connection that is still running. Whoever resumes a request (the store
+ * callback, the submit error path or wd_http_stop) first unlinks its pending
+ * record under g_lock, so a request is resumed exactly once, and counts itself
+ * in n_resuming until MHD_resume_connection has returned, so that
+ * MHD_stop_daemon (which aborts on a suspended connection) cannot run in
+ * between. No MHD function is ever called with g_lock held, so there is no
+ * lock order to keep with libmicrohttpd's own mutexes.
+ *
+ * A pending record outlives its request when wd_http_stop gives up waiting: it
+ * then belongs to the store callback alone, which frees it without touching
+ * the request or the server. */
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/base/err.h"
+#include "gateway/base/log.h"
+#include "gateway/base/scopes.h"
+#include "gateway/base/util.h"
+#include "http/http.h"
+#include "http/internal.h"
+
+#define STOP_GRACE_MS 5000       /* how long wd_http_stop waits for store writes */
+#define CONNECTION_TIMEOUT_S 60u /* idle keep-alive connections; suspended ones are exempt */
+#define PUT_ATTEMPTS 3           /* create/update races retried before 409 */
+#define KEY_B64_LEN ((WD_KEY_BYTES + 2) / 3 * 4 + 1)
+
+typedef struct wd_http_req wd_http_req_t;
+typedef struct pending pending_t;
+
+/* One registry write in flight. Owned by the store callback (which always
+ * runs exactly once after a successful submit) or, when the submit fails, by
+ * the submitter. */
+struct pending {
+  wd_http_t *h;           /* valid while req != NULL */
+  wd_http_req_t *req;     /* NULL once unlinked */
+  pending_t *prev, *next; /* in h->pending while req != NULL */
+};
+
+typedef enum {
+  REQ_OPEN,    /* headers seen; reading the body or answering */
+  REQ_WAITING, /* suspended on a store write, or resumed with its result */
+} req_state_t;
+
+struct wd_http_req {
+  wd_http_t *h;
+  struct MHD_Connection *conn;
+  uint64_t id;
+  int64_t start_ms;
+  const char *method; /* borrowed from MHD for the request's life */
+  const char *url;    /* raw path, not percent-decoded (see unescape_none) */
+  wd_http_route_t route;
+
+  char *body; /* owned; NUL-terminated */
+  size_t body_len, body_cap;
+  bool too_large;
+  bool answered; /* a response is queued; ignore whatever MHD still delivers */
+
+  req_state_t state;
+  wd_device_op_t op;           /* the write in flight or last finished */
+  int attempts;                /* CREATE submissions made by a PUT */
+  wd_http_device_body_t dev;   /* the parsed PUT body */
+  bool dev_parsed;
+  uint8_t key[WD_KEY_BYTES];   /* the key a CREATE or ROTATE sets */
+  bool key_fresh;
+  char old_thumbprint[WD_THUMBPRINT_HEX + 1]; /* before an UPDATE */
+
+  /* Guarded by g_lock while state == REQ_WAITING. */
+  pending_t *pending;
+  int store_rc;
+  wd_device_t *after; /* owned copy of the committed record */
+};
+
+struct wd_http {
+  struct MHD_Daemon *daemon;
+  wd_store_t *store; /* borrowed */
+  wd_http_ops_t ops;
+  uint32_t default_queue_limit;
+  uint16_t port;
+  bool started;  /* set once MHD_start_daemon returned: MHD's log goes to DEBUG */
+  uint64_t next_req_id; /* HTTP thread only */
+  char *tls_key_pem, *tls_cert_pem;
+  size_t tls_key_len;
+
+  /* Guarded by g_lock. */
+  bool stopping;
+  pending_t *pending;
+  size_t n_pending, n_resuming;
+  pthread_cond_t cond; /* signalled when n_pending or n_resuming drops */
+};
+
+/* One lock for every server: the store callback may run after its server
+ * stopped waiting for it, and then it must not need anything of the server's. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---------------------------------------------------------------- answers */
+
+/* The URL as it may appear in a log line: bounded and printable. */
+static const char *log_url(const char *url, char buf[160]) {
+  size_t n = 0;
+  for (; url && url[n] && n < 159; n++) {
+    unsigned char c = (unsigned char)url[n];
+    buf[n] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+/* Queues status with body (taken; NULL for none). Every response is JSON. */
+static enum MHD_Result answer(wd_http_req_t *r, unsigned status, char *body, const char *allow) {
+  struct MHD_Response *resp;
+  if (body) {
+    resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) free(body);
+  } else {
+    resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+  }
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+  if (status == MHD_HTTP_UNAUTHORIZED) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+  enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+  MHD_destroy_response(resp);
+  r->answered = true;
+  char ub[160];
+  wd_log("http", WD_LOG_DEBUG, "[H%llu] %s %s -> %u (%lld ms)", (unsigned long long)r->id, r->method,
+         log_url(r->url, ub), status, (long long)(wd_mono_ms() - r->start_ms));
+  return ret;
+}
+
+__attribute__((format(printf, 4, 5)))
+static enum MHD_Result answer_error(wd_http_req_t *r, unsigned status, const char *code, const char *fmt,
+                                    ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  char *body = wd_http__error_body(code, msg);
+  if (!body) return MHD_NO;
+  return answer(r, status, body, status == MHD_HTTP_METHOD_NOT_ALLOWED ? r->route.allow : NULL);
+}
+
+/* Answers a negative wd_err_t from the store. Unexpected ones are logged:
+ * this is where the error is decided. */
+static enum MHD_Result answer_store_error(wd_http_req_t *r, int rc) {
+  const char *code;
+  unsigned status = wd_http__err_status(rc, &code);
+  switch (rc) {
+    case WD_ERR_NOT_FOUND: return answer_error(r, status, code, "device %s not found", r->route.id);
+    case WD_ERR_FULL: return answer_error(r, status, code, "the store is full; try again later");
+    case WD_ERR_SHUTDOWN: return answer_error(r, status, code, "the server is shutting down");
+    default: break;
+  }
+  if (status >= 500)
+    wd_log("http", WD_LOG_ERROR, "[H%llu] store error on device %s: %s", (unsigned long long)r->id,
+           r->route.id, wd_err_str(rc));
+  return answer_error(r, status, code, "%s", wd_err_str(rc));
+}
+
+static enum MHD_Result answer_json(wd_http_req_t *r, unsigned status, json_t *j /* taken */) {
+  char *text = j ? wd_http__json_text(j) : NULL;
+  json_decref(j);
+  if (!text) return answer_store_error(r, WD_ERR_NOMEM);
+  return answer(r, status, text, NULL);
+}
+
+static json_t *device_render(wd_http_t *h, const wd_device_t *d, const char *key_b64) {
+  wd_http_live_t live = {0};
+  if (h->ops.device_connected) live.connected = h->ops.device_connected(h->ops.ctx, d->id, &live.last_seen_ms);
+  /* TODO(#3): queueDepth from the device's command queue once it exists. */
+  return wd_http__device_render(d, &live, h->default_queue_limit, key_b64);
+}
+
+static enum MHD_Result answer_device(wd_http_req_t *r, unsigned status, const wd_device_t *d, bool show_key) {
+  char b64[KEY_B64_LEN];
+  if (show_key) wd_base64_encode(r->key, sizeof r->key, b64);
+  enum MHD_Result ret = answer_json(r, status, device_render(r->h, d, show_key ? b64 : NULL));
+  explicit_bzero(b64, sizeof b64);
+  return ret;
+}
+
+static void revoke_device(wd_http_req_t *r, const char *reason) {
+  wd_http_t *h = r->h;
+  wd_log("http", WD_LOG_DEBUG, "[H%llu] revoking device %s: %s", (unsigned long long)r->id, r->route.id, reason);
+  if (h->ops.revoke_device) h->ops.revoke_device(h->ops.ctx, r->route.id, reason);
+}
+
+/* ---------------------------------------------------------- store hand-off */
+
+/* Unlinks p from its server and request. g_lock held. */
+static void pending_unlink(pending_t *p) {
+  wd_http_t *h = p->h;
+  if (p->prev) p->prev->next = p->next;
+  else h->pending = p->next;
+  if (p->next) p->next->prev = p->prev;
+  p->prev = p->next = NULL;
+  h->n_pending--;
+  p->req->pending = NULL;
+  p->req = NULL;
+}
+
+/* Resumes a connection whose request the caller unlinked (and counted in
+ * n_resuming) under g_lock. Any thread. */
+static void resume(wd_http_t *h, struct MHD_Connection *conn) {
+  MHD_resume_connection(conn);
+  pthread_mutex_lock(&g_lock);
+  h->n_resuming--;
+  pthread_cond_broadcast(&h->cond);
+  pthread_mutex_unlock(&g_lock);
+}
+
+/* Store writer thread. Copies the result into the request, if it still has
+ * one, and resumes it; never blocks. */
+static void on_write_done(void *ctx, int rc, const wd_device_t *after) {
+  pending_t *p = ctx;
+  wd_device_t *copy = (rc == WD_OK && after) ? wd_device_dup(after) : NULL;
+  struct MHD_Connection *conn = NULL;
+  wd_http_t *h = NULL;
+  pthread_mutex_lock(&g_lock);
+  wd_http_req_t *r = p->req;
+  if (r) {
+    h = p->h;
+    pending_unlink(p);
+    r->store_rc = rc;
+    r->after = copy;
+    copy = NULL;
+    conn = r->conn;
+    h->n_resuming++;
+  }
+  pthread_mutex_unlock(&g_lock);
+  if (conn) resume(h, conn);
+  wd_device_free(copy);
+  free(p);
+}
+
+/* Suspends r and hands `change` (borrowed for the call) to the store writer.
+ * Whatever happens, the handler is called again once the request resumes and
+ * finds the outcome in store_rc: an immediate failure resumes it here. HTTP
+ * thread. */
+static enum MHD_Result submit(wd_http_req_t *r, wd_device_op_t op, const wd_device_t *change) {
+  wd_http_t *h = r->h;
+  pending_t *p = calloc(1, sizeof *p);
+  if (!p) return answer_store_error(r, WD_ERR_NOMEM);
+  pthread_mutex_lock(&g_lock);
+  if (h->stopping) {
+    pthread_mutex_unlock(&g_lock);
+    free(p);
+    return answer_store_error(r, WD_ERR_SHUTDOWN);
+  }
+  p->h = h;
+  p->req = r;
+  p->next = h->pending;
+  if (h->pending) h->pending->prev = p;
+  h->pending = p;
+  h->n_pending++;
+  r->pending = p;
+  r->store_rc = WD_OK;
+  r->op = op;
+  r->state = REQ_WAITING;
+  pthread_mutex_unlock(&g_lock);
+
+  MHD_suspend_connection(r->conn);
+  int rc = wd_store_device_write(h->store, op, change, on_write_done, p);
+  if (rc < 0) {
+    /* The callback will never run. Unless wd_http_stop already took the
+     * request (and resumed it with WD_ERR_SHUTDOWN), resume it ourselves. */
+    bool mine = false;
+    pthread_mutex_lock(&g_lock);
+    if (p->req) {
+      pending_unlink(p);
+      r->store_rc = rc;
+      h->n_resuming++;
+      mine = true;
+    }
+    pthread_mutex_unlock(&g_lock);
+    free(p);
+    if (mine) resume(h, r->conn);
+  }
+  return MHD_YES;
+}
+
+static void change_init(wd_device_t *c, const char *id) {
+  memset(c, 0, sizeof *c);
+  memcpy(c->id, id, strlen(id) + 1);
+  c->groups = (char *)"";
+  c->peers = (char *)"";
+  c->created_ms = c->updated_ms = wd_now_ms();
+}
+
+/* ---------------------------------------------------------------- devices */
+
+static enum MHD_Result device_get(wd_http_req_t *r) {
+  wd_device_t *d = NULL;
+  int rc = wd_store_device_get(r->h->store, r->route.id, &d);
+  if (rc < 0) return answer_store_error(r, rc);
+  enum MHD_Result ret = answer_device(r, MHD_HTTP_OK, d, false);
+  wd_device_free(d);
+  return ret;
+}
+
+static enum MHD_Result device_list(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  const char *cursor_raw = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "cursor");
+  const char *limit_raw = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "limit");
+  char cursor[WD_ID_MAX + 1], msg[256];
+  size_t limit;
+  if (wd_http__list_query_parse(cursor_raw, limit_raw, cursor, &limit, msg, sizeof msg) < 0)
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "%s", msg);
+
+  /* One more than asked tells whether another page follows. */
+  wd_device_t **devs = NULL;
+  int n = wd_store_device_list(h->store, cursor, limit + 1, &devs);
+  if (n < 0) return answer_store_error(r, n);
+  size_t shown = (size_t)n > limit ? limit : (size_t)n;
+  json_t *list = json_array(), *root = json_object();
+  bool bad = !list || !root;
+  for (size_t i = 0; i < shown && !bad; i++) bad = json_array_append_new(list, device_render(h, devs[i], NULL)) < 0;
+  if (!bad) {
+    bad = json_object_set(root, "devices", list) < 0 ||
+          json_object_set_new(root, "nextCursor",
+                              (size_t)n > limit ? json_string(devs[shown - 1]->id) : json_null()) < 0;
+  }
+  json_decref(list);
+  for (int i = 0; i < n; i++) wd_device_free(devs[i]);
+  free(devs);
+  if (bad) {
+    json_decref(root);
+    return answer_store_error(r, WD_ERR_NOMEM);
+  }
+  return answer_json(r, MHD_HTTP_OK, root);
+}
+
+/* PUT: CREATE first, and UPDATE when the id is taken. The device may appear
+ * or vanish between the two, so both directions are retried a few times. */
+static enum MHD_Result put_create(wd_http_req_t *r) {
+  wd_device_t c;
+  change_init(&c, r->route.id);
+  c.enabled = true;
+  c.groups = r->dev.groups;
+  c.peers = r->dev.peers;
+  c.queue_limit = r->dev.queue_limit;
+  memcpy(c.thumbprint, r->dev.thumbprint, sizeof c.thumbprint);
+  r->key_fresh = false;
+  if (r->dev.key) {
+    if (wd_random_bytes(r->key, sizeof r->key) < 0) return answer_store_error(r, WD_ERR_IO);
+    memcpy(c.key, r->key, sizeof c.key);
+    c.has_key = true;
+    r->key_fresh = true;
+  }
+  r->attempts++;
+  enum MHD_Result ret = submit(r, WD_DEVICE_CREATE, &c);
+  explicit_bzero(c.key, sizeof c.key);
+  return ret;
+}
+
+/* 409 when another device holds the thumbprint; otherwise retry the CREATE
+ * while attempts last. */
+static enum MHD_Result put_retry(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  if (r->dev.thumbprint[0]) {
+    char owner[WD_ID_MAX + 1];
+    int rc = wd_store_device_by_thumbprint(h->store, r->dev.thumbprint, owner);
+    if (rc == WD_OK && strcmp(owner, r->route.id) != 0)
+      return answer_error(r, MHD_HTTP_CONFLICT, "conflict", "the thumbprint is registered to device %s", owner);
+    if (rc < 0 && rc != WD_ERR_NOT_FOUND) return answer_store_error(r, rc);
+  }
+  if (r->attempts >= PUT_ATTEMPTS)
+    return answer_error(r, MHD_HTTP_CONFLICT, "conflict", "device %s changed concurrently; try again",
+                        r->route.id);
+  return put_create(r);
+}
+
+static enum MHD_Result put_update(wd_http_req_t *r) {
+  wd_device_t *cur = NULL;
+  int rc = wd_store_device_get(r->h->store, r->route.id, &cur);
+  if (rc == WD_ERR_NOT_FOUND) return put_retry(r);
+  if (rc < 0) return answer_store_error(r, rc);
+  wd_device_t c;
+  change_init(&c, r->route.id);
+  c.enabled = cur->enabled;
+  c.groups = r->dev.groups;
+  c.peers = r->dev.peers;
+  c.queue_limit = r->dev.queue_limit;
+  /* Credentials change only when the body speaks of them. */
+  memcpy(c.thumbprint, r->dev.has_auth ? r->dev.thumbprint : cur->thumbprint, sizeof c.thumbprint);
+  memcpy(r->old_thumbprint, cur->thumbprint, sizeof r->old_thumbprint);
+  wd_device_free(cur);
+  return submit(r, WD_DEVICE_UPDATE, &c);
+}
+
+static enum MHD_Result device_put(wd_http_req_t *r) {
+  char msg[256];
+  int rc = wd_http__device_body_parse(r->body ? r->body : "", r->body_len, r->route.id, &r->dev, msg, sizeof msg);
+  if (rc == WD_ERR_INVALID) return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "%s", msg);
+  if (rc < 0) return answer_store_error(r, rc);
+  r->dev_parsed = true;
+  if (r->dev.thumbprint[0]) {
+    char owner[WD_ID_MAX + 1];
+    rc = wd_store_device_by_thumbprint(r->h->store, r->dev.thumbprint, owner);
+    if (rc == WD_OK && strcmp(owner, r->route.id) != 0)
+      return answer_error(r, MHD_HTTP_CONFLICT, "conflict", "the thumbprint is registered to device %s", owner);
+    if (rc < 0 && rc != WD_ERR_NOT_FOUND) return answer_store_error(r, rc);
+  }
+  return put_create(r);
+}
+
+/* The committed record: the callback's copy, or a fresh read when copying it
+ * ran out of memory. Returned owned, or NULL. */
+static wd_device_t *take_after(wd_http_req_t *r) {
+  wd_device_t *d = r->after;
+  r->after = NULL;
+  if (!d) (void)wd_store_device_get(r->h->store, r->route.id, &d);
+  return d;
+}
+
+static enum MHD_Result answer_after(wd_http_req_t *r, unsigned status, bool show_key) {
+  wd_device_t *d = take_after(r);
+  if (!d) return answer_store_error(r, WD_ERR_NOMEM);
+  enum MHD_Result ret = answer_device(r, status, d, show_key);
+  wd_device_free(d);
+  return ret;
+}
+
+static enum MHD_Result put_done(wd_http_req_t *r, int rc) {
+  if (r->op == WD_DEVICE_CREATE) {
+    if (rc == WD_OK) {
+      wd_log("http", WD_LOG_INFO, "[H%llu] device %s created", (unsigned long long)r->id, r->route.id);
+      return answer_after(r, MHD_HTTP_CREATED, r->key_fresh);
+    }
+    if (rc == WD_ERR_EXISTS) return put_update(r);
+    return answer_store_error(r, rc);
+  }
+  if (rc == WD_OK) {
+    wd_device_t *d = take_after(r);
+    if (!d) return answer_store_error(r, WD_ERR_NOMEM);
+    if (r->old_thumbprint[0] && strcmp(r->old_thumbprint, d->thumbprint) != 0) revoke_device(r, "credentials changed");
+    enum MHD_Result ret = answer_device(r, MHD_HTTP_OK, d, false);
+    wd_device_free(d);
+    return ret;
+  }
+  if (rc == WD_ERR_EXISTS) return put_retry(r); /* UPDATE: the thumbprint is another device's */
+  if (rc == WD_ERR_NOT_FOUND) return put_retry(r); /* deleted since the CREATE */
+  return answer_store_error(r, rc);
+}
+
+/* DELETE, disable, enable, rotate: one write each. */
+static enum MHD_Result device_change(wd_http_req_t *r) {
+  static const wd_device_op_t ops[] = {
+      [WD_HTTP_ROUTE_DEVICE_DELETE] = WD_DEVICE_DELETE,
+      [WD_HTTP_ROUTE_DEVICE_DISABLE] = WD_DEVICE_DISABLE,
+      [WD_HTTP_ROUTE_DEVICE_ENABLE] = WD_DEVICE_ENABLE,
+      [WD_HTTP_ROUTE_DEVICE_ROTATE] = WD_DEVICE_ROTATE,
+  };
+  wd_device_t c;
+  change_init(&c, r->route.id);
+  wd_device_op_t op = ops[r->route.kind];
+  if (op == WD_DEVICE_ROTATE) {
+    if (wd_random_bytes(r->key, sizeof r->key) < 0) return answer_store_error(r, WD_ERR_IO);
+    memcpy(c.key, r->key, sizeof c.key);
+    c.has_key = true;
+    r->key_fresh = true;
+  }
+  enum MHD_Result ret = submit(r, op, &c);
+  explicit_bzero(c.key, sizeof c.key);
+  return ret;
+}
+
+static enum MHD_Result change_done(wd_http_req_t *r, int rc) {
+  if (rc < 0) return answer_store_error(r, rc);
+  const char *what = "";
+  switch (r->op) {
+    case WD_DEVICE_DELETE:
+      revoke_device(r, "device deleted");
+      what = "deleted";
+      break;
+    case WD_DEVICE_DISABLE:
+      revoke_device(r, "device disabled");
+      what = "disabled";
+      break;
+    case WD_DEVICE_ROTATE:
+      revoke_device(r, "key rotated");
+      what = "key rotated";
+      break;
+    case WD_DEVICE_ENABLE: what = "enabled"; break;
+    default: break;
+  }
+  wd_log("http", WD_LOG_INFO, "[H%llu] device %s %s", (unsigned long long)r->id, r->route.id, what);
+  if (r->op == WD_DEVICE_DELETE) return answer(r, MHD_HTTP_NO_CONTENT, NULL, NULL);
+  return answer_after(r, MHD_HTTP_OK, r->op == WD_DEVICE_ROTATE);
+}
+
+/* ------------------------------------------------------------- the handler */
+
+static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const char *method, const char *url) {
+  wd_http_req_t *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->h = h;
+  r->conn = conn;
+  r->id = ++h->next_req_id;
+  r->start_ms = wd_mono_ms();
+  r->method = method;
+  r->url = url;
+  r->state = REQ_OPEN;
+  return r;
+}
+
+static void req_free(wd_http_req_t *r) {
+  if (!r) return;
+  free(r->body);
+  if (r->dev_parsed) wd_http__device_body_fini(&r->dev);
+  wd_device_free(r->after);
+  explicit_bzero(r->key, sizeof r->key);
+  free(r);
+}
+
+static bool content_length_too_big(const char *v) {
+  size_t n = 0;
+  for (; *v == ' '; v++) {}
+  for (; *v >= '0' && *v <= '9'; v++) {
+    n = n * 10 + (size_t)(*v - '0');
+    if (n > WD_HTTP_BODY_MAX) return true;
+  }
+  return false;
+}
+
+static void body_append(wd_http_req_t *r, const char *data, size_t len) {
+  if (r->too_large) return;
+  if (len > WD_HTTP_BODY_MAX - r->body_len) {
+    r->too_large = true;
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+    return;
+  }
+  if (r->body_len + len + 1 > r->body_cap) {
+    size_t cap = r->body_cap ? r->body_cap : 1024;
+    while (cap < r->body_len + len + 1) cap *= 2;
+    char *nb = realloc(r->body, cap);
+    if (!nb) {
+      /* Reads as too large; nothing better to tell a client when out of memory. */
+      r->too_large = true;
+      return;
+    }
+    r->body = nb;
+    r->body_cap = cap;
+  }
+  memcpy(r->body + r->body_len, data, len);
+  r->body_len += len;
+  r->body[r->body_len] = '\0';
+}
+
+/* The checks that need only the headers: route, authentication, scope, size.
+ * Answering here spares reading the body of a request that is refused. */
+static enum MHD_Result on_headers(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  wd_http__route(r->method, r->url, &r->route);
+  if (r->route.needs_auth) {
+    const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *token = wd_http__bearer_token(auth);
+    unsigned scopes = 0;
+    if (!token)
+      return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "an Authorization: Bearer token is required");
+    if (!h->ops.authenticate || h->ops.authenticate(h->ops.ctx, token, &scopes) < 0)
+      return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "the bearer token is not valid");
+    if ((scopes & r->route.scope) != r->route.scope)
+      return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "this call needs the scope %s",
+                          r->route.scope == WD_SCOPE_REGISTRY_READ ? "registry:read" : "registry:write");
+  }
+  switch (r->route.kind) {
+    case WD_HTTP_ROUTE_NOT_FOUND: return answer_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
+    case WD_HTTP_ROUTE_METHOD_NOT_ALLOWED:
+      return answer_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", "%s is not allowed here; use %s",
+                          r->method, r->route.allow);
+    case WD_HTTP_ROUTE_BAD_ID:
+      return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                          "a device id is 1 to %d characters from [A-Za-z0-9._:-]", WD_ID_MAX);
+    default: break;
+  }
+  const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if (cl && content_length_too_big(cl))
+    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %u bytes",
+                        WD_HTTP_BODY_MAX);
+  return MHD_YES;
+}
+
+/* The whole request is in: act on it. */
+static enum MHD_Result on_complete(wd_http_req_t *r) {
+  if (r->too_large)
+    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %u bytes",
+                        WD_HTTP_BODY_MAX);
+  switch (r->route.kind) {
+    case WD_HTTP_ROUTE_HEALTHZ: {
+      char *body = strdup("{\"status\":\"ok\"}");
+      return body ? answer(r, MHD_HTTP_OK, body, NULL) : MHD_NO;
+    }
+    case WD_HTTP_ROUTE_DEVICE_LIST: return device_list(r);
+    case WD_HTTP_ROUTE_DEVICE_GET: return device_get(r);
+    case WD_HTTP_ROUTE_DEVICE_PUT: return device_put(r);
+    case WD_HTTP_ROUTE_DEVICE_DELETE:
+    case WD_HTTP_ROUTE_DEVICE_DISABLE:
+    case WD_HTTP_ROUTE_DEVICE_ENABLE:
+    case WD_HTTP_ROUTE_DEVICE_ROTATE: return device_change(r);
+    default: return answer_store_error(r, WD_ERR_INVALID); /* on_headers answered these */
+  }
+}
+
+/* Called again after MHD_resume_connection: the write's outcome is in. */
+static enum MHD_Result on_resumed(wd_http_req_t *r) {
+  pthread_mutex_lock(&g_lock);
+  int rc = r->store_rc;
+  pthread_mutex_unlock(&g_lock);
+  r->state = REQ_OPEN;
+  if (r->route.kind == WD_HTTP_ROUTE_DEVICE_PUT) return put_done(r, rc);
+  return change_done(r, rc);
+}
+
+/* HTTP thread. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+  (void)version;
+  wd_http_t *h = cls;
+  wd_http_req_t *r = *con_cls;
+  if (!r) {
+    r = req_new(h, conn, method, url);
+    if (!r) return MHD_NO;
+    *con_cls = r;
+    return on_headers(r);
+  }
+  if (r->state == REQ_WAITING) return on_resumed(r);
+  if (r->answered) {
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    body_append(r, upload, *upload_size);
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  return on_complete(r);
+}
+
+/* HTTP thread (or the thread stopping the daemon). A request is never
+ * completed while suspended; one resumed by wd_http_stop may be completed
+ * without its handler running again, so its result is dropped here. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  (void)cls;
+  (void)conn;
+  (void)toe;
+  wd_http_req_t *r = *con_cls;
+  if (!r) return;
+  if (r->state == REQ_WAITING) {
+    pthread_mutex_lock(&g_lock);
+    if (r->pending) pending_unlink(r->pending); /* not expected; keeps the callback off freed memory */
+    pthread_mutex_unlock(&g_lock);
+  }
+  req_free(r);
+  *con_cls = NULL;
+}
+
+/* Leaves the URL and query arguments percent-encoded: routes.c decodes each
+ * path segment on its own, so an encoded "/" stays inside its segment and an
+ * encoded NUL is refused rather than truncating. */
+static size_t unescape_none(void *cls, struct MHD_Connection *conn, char *s) {
+  (void)cls;
+  (void)conn;
+  return strlen(s);
+}
+
+__attribute__((format(printf, 2, 0)))
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+  wd_http_t *h = cls;
+  char buf[512];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  size_t n = strlen(buf);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
+  /* At start-up MHD explains why it cannot listen; afterwards it reports
+   * every misbehaving client, which is not worth more than DEBUG. */
+  if (__atomic_load_n(&h->started, __ATOMIC_ACQUIRE)) wd_log("http", WD_LOG_DEBUG, "libmicrohttpd: %s", buf);
+  else wd_log("http", WD_LOG_WARNING, "libmicrohttpd: %s", buf);
+}
+
+/* -------------------------------------------------------------- lifecycle */
+
+static void tls_free(wd_http_t *h) {
+  if (h->tls_key_pem) explicit_bzero(h->tls_key_pem, h->tls_key_len);
+  free(h->tls_key_pem);
+  free(h->tls_cert_pem);
+  h->tls_key_pem = h->tls_cert_pem = NULL;
+}
+
+static void http_free(wd_http_t *h) {
+  tls_free(h);
+  pthread_cond_destroy(&h->cond);
+  free(h);
+}
+
+/* Resolves host (numeric or a name; "" = every IPv4 interface), preferring
+ * IPv4 for names like "localhost" that have both. */
+static int resolve(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *sslen) {
+  struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV, .ai_socktype = SOCK_STREAM};
+  hints.ai_family = *host ? AF_UNSPEC : AF_INET;
+  char portstr[8];
+  snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+  struct addrinfo *res = NULL;
+  int gai = getaddrinfo(*host ? host : NULL, portstr, &hints, &res);
+  if (gai != 0) {
+    wd_log("http", WD_LOG_ERROR, "cannot resolve listen host \"%s\": %s", host, gai_strerror(gai));
+    return WD_ERR_INVALID;
+  }
+  const struct addrinfo *pick = NULL;
+  for (const struct addrinfo *a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+    if (a->ai_family == AF_INET6 && !pick) pick = a;
+  }
+  if (pick) {
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
+    *sslen = pick->ai_addrlen;
+  }
+  freeaddrinfo(res);
+  if (!pick) {
+    wd_log("http", WD_LOG_ERROR, "listen host \"%s\" has no IP address", host);
+    return WD_ERR_INVALID;
+  }
+  return WD_OK;
+}
+
+static int tls_load(wd_http_t *h, const wd_http_config_t *cfg) {
+  size_t len;
+  h->tls_cert_pem = wd_read_file(cfg->tls_cert, &len);
+  if (!h->tls_cert_pem) {
+    wd_log("http", WD_LOG_ERROR, "cannot read tls_cert %s: %s", cfg->tls_cert, strerror(errno));
+    return WD_ERR_IO;
+  }
+  h->tls_key_pem = wd_read_file(cfg->tls_key, &h->tls_key_len);
+  if (!h->tls_key_pem) {
+    wd_log("http", WD_LOG_ERROR, "cannot read tls_key %s: %s", cfg->tls_key, strerror(errno));
+    return WD_ERR_IO;
+  }
+  return WD_OK;
+}
+
+int wd_http_start(const wd_http_config_t *cfg, wd_store_t *store, const wd_http_ops_t *ops, wd_http_t **out) {
+  if (!out) return WD_ERR_INVALID;
+  *out = NULL;
+  if (!cfg || !store || !ops) return WD_ERR_INVALID;
+
+  char host[256];
+  uint16_t port;
+  if (wd_http__listen_parse(cfg->listen, host, sizeof host, &port) < 0) {
+    wd_log("http", WD_LOG_ERROR, "invalid [http] listen \"%s\": want host:port", cfg->listen ? cfg->listen : "");
+    return WD_ERR_INVALID;
+  }
+  bool has_cert = cfg->tls_cert && *cfg->tls_cert, has_key = cfg->tls_key && *cfg->tls_key;
+  if (has_cert != has_key) {
+    wd_log("http", WD_LOG_ERROR, "[http] tls_cert and tls_key must be set together");
+    return WD_ERR_INVALID;
+  }
+  bool tls = has_cert;
+  struct sockaddr_storage ss;
+  socklen_t sslen = 0;
+  int rc = resolve(host, port, &ss, &sslen);
+  if (rc < 0) return rc;
+
+  wd_http_t *h = calloc(1, sizeof *h);
+  if (!h) return WD_ERR_NOMEM;
+  h->store = store;
+  h->ops = *ops;
+  h->default_queue_limit = cfg->default_queue_limit;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&h->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  if (tls && (rc = tls_load(h, cfg)) < 0) {
+    http_free(h);
+    return rc;
+  }
+
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  if (tls) flags |= MHD_USE_TLS;
+  struct MHD_OptionItem tls_opts[] = {
+      {MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key_pem},
+      {MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert_pem},
+      {MHD_OPTION_END, 0, NULL},
+  };
+  struct MHD_OptionItem no_opts[] = {{MHD_OPTION_END, 0, NULL}};
+  h->daemon = MHD_start_daemon(flags, port, NULL, NULL, on_request, h,
+                               MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first, or MHD warns */
+                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                               MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, NULL,
+                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                               MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S,
+                               MHD_OPTION_ARRAY, tls ? tls_opts : no_opts,
+                               MHD_OPTION_END);
+  if (!h->daemon) {
+    wd_log("http", WD_LOG_ERROR, "cannot listen %s on %s", tls ? "https" : "http", cfg->listen);
+    http_free(h);
+    return WD_ERR_IO;
+  }
+  __atomic_store_n(&h->started, true, __ATOMIC_RELEASE);
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  h->port = info && info->port ? info->port : port;
+
+  char numeric[NI_MAXHOST];
+  if (getnameinfo((struct sockaddr *)&ss, sslen, numeric, sizeof numeric, NULL, 0, NI_NUMERICHOST) != 0)
+    snprintf(numeric, sizeof numeric, "%s", host);
+  bool v6 = ss.ss_family == AF_INET6;
+  wd_log("http", WD_LOG_INFO, "listening %s %s%s%s:%u", tls ? "https" : "http", v6 ? "[" : "", numeric,
+         v6 ? "]" : "", (unsigned)h->port);
+  *out = h;
+  return WD_OK;
+}
+
+uint16_t wd_http_port(const wd_http_t *h) { return h ? h->port : 0; }
+
+void wd_http_stop(wd_http_t *h) {
+  if (!h) return;
+  pthread_mutex_lock(&g_lock);
+  h->stopping = true; /* from now on a write is answered 503 instead of parked */
+  pthread_mutex_unlock(&g_lock);
+
+  MHD_socket ls = MHD_quiesce_daemon(h->daemon);
+  if (ls != MHD_INVALID_SOCKET) close(ls);
+
+  /* Let writes already with the store finish and answer for real. */
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += STOP_GRACE_MS / 1000;
+  pthread_mutex_lock(&g_lock);
+  while (h->n_pending > 0) {
+    if (pthread_cond_timedwait(&h->cond, &g_lock, &deadline) == ETIMEDOUT) break;
+  }
+  if (h->n_pending > 0)
+    wd_log("http", WD_LOG_WARNING, "%zu requests still wait for the store; answering 503", h->n_pending);
+  /* What is left is answered 503; its store callbacks, whenever they come,
+   * find their pending record unlinked and only free it. */
+  while (h->pending) {
+    pending_t *p = h->pending;
+    wd_http_req_t *r = p->req;
+    struct MHD_Connection *conn = r->conn;
+    pending_unlink(p);
+    r->store_rc = WD_ERR_SHUTDOWN;
+    h->n_resuming++;
+    pthread_mutex_unlock(&g_lock);
+    resume(h, conn);
+    pthread_mutex_lock(&g_lock);
+  }
+  while (h->n_resuming > 0) pthread_cond_wait(&h->cond, &g_lock);
+  pthread_mutex_unlock(&g_lock);
+
+  MHD_stop_daemon(h->daemon);
+  http_free(h);
+}

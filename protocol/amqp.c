@@ -1,0 +1,503 @@
+/* The proactor, its listeners, and the dispatch of Proton events.
+ *
+ * N threads run wd_amqp_run. Proton serializes the events of one connection,
+ * but its batches may run on any thread, so per-connection state lives in
+ * wd_conn_t (the connection's context) and is touched only inside its batches;
+ * everything shared across connections is locked or atomic. */
+
+#include <openssl/ssl.h>
+#include <proton/condition.h>
+#include <proton/event.h>
+#include <proton/netaddr.h>
+#include <proton/sasl.h>
+#include <proton/session.h>
+#include <proton/terminus.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gateway/base/log.h"
+#include "protocol/internal.h"
+
+#define TICK_MS 1000
+
+static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
+
+static void free_config(wd_amqp_config_t *cfg) {
+  free((char *)cfg->hostname);
+  free((char *)cfg->listen);
+  free((char *)cfg->tls_listen);
+  free((char *)cfg->tls_cert);
+  free((char *)cfg->tls_key);
+  free((char *)cfg->tls_ca);
+  for (size_t i = 0; i < cfg->n_services; i++) {
+    free((char *)cfg->services[i].name);
+    free((char *)cfg->services[i].secret);
+    free((char *)cfg->services[i].thumbprint);
+  }
+  free((void *)cfg->services);
+}
+
+static int copy_config(wd_amqp_config_t *dst, const wd_amqp_config_t *src) {
+  *dst = *src;
+  dst->hostname = strdup(src->hostname ? src->hostname : "localhost");
+  dst->listen = dup_or_null(src->listen);
+  dst->tls_listen = dup_or_null(src->tls_listen);
+  dst->tls_cert = dup_or_null(src->tls_cert);
+  dst->tls_key = dup_or_null(src->tls_key);
+  dst->tls_ca = dup_or_null(src->tls_ca);
+  wd_amqp_service_t *svc = calloc(src->n_services ? src->n_services : 1, sizeof *svc);
+  dst->services = svc;
+  if (!svc || !dst->hostname) return WD_ERR_NOMEM;
+  for (size_t i = 0; i < src->n_services; i++) {
+    svc[i].name = strdup(src->services[i].name);
+    svc[i].secret = dup_or_null(src->services[i].secret);
+    svc[i].thumbprint = dup_or_null(src->services[i].thumbprint);
+    svc[i].scopes = src->services[i].scopes;
+    if (!svc[i].name) return WD_ERR_NOMEM;
+  }
+  return WD_OK;
+}
+
+/* Server TLS: 1.2 and newer. With tls_ca, client certificates are requested
+ * but optional (devices on PLAIN + SAS tokens share the listener) and verified
+ * against that CA when sent. */
+static int make_ssl_domain(wd_amqp_t *a) {
+  const wd_amqp_config_t *cfg = &a->cfg;
+  pn_ssl_domain_t *d = pn_ssl_domain(PN_SSL_MODE_SERVER);
+  if (!d) return WD_ERR_NOMEM;
+  if (pn_ssl_domain_set_credentials(d, cfg->tls_cert, cfg->tls_key, NULL) != 0) {
+    wd_log("amqp", WD_LOG_ERROR, "cannot load TLS certificate %s with key %s", cfg->tls_cert, cfg->tls_key);
+    pn_ssl_domain_free(d);
+    return WD_ERR_INVALID;
+  }
+  pn_ssl_domain_set_protocols(d, "TLSv1.2 TLSv1.3");
+  /* Proton 0.37 keeps the SSL_CTX* as the first member of its domain and offers
+     no call for the session id context, which resumption needs once client
+     certificates are requested; nor for optional client certificates. */
+  SSL_CTX *ctx = *(SSL_CTX **)d;
+  if (cfg->tls_ca) {
+    if (pn_ssl_domain_set_trusted_ca_db(d, cfg->tls_ca) != 0 ||
+        pn_ssl_domain_set_peer_authentication(d, PN_SSL_VERIFY_PEER, cfg->tls_ca) != 0) {
+      wd_log("amqp", WD_LOG_ERROR, "cannot load TLS client CA %s", cfg->tls_ca);
+      pn_ssl_domain_free(d);
+      return WD_ERR_INVALID;
+    }
+    if (SSL_CTX_get_verify_mode(ctx) != (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT)) {
+      wd_log("amqp", WD_LOG_ERROR, "this Proton's TLS layout is not the one warden was built for");
+      pn_ssl_domain_free(d);
+      return WD_ERR_INVALID;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, SSL_CTX_get_verify_callback(ctx));
+  }
+  SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"warden", 6);
+  SSL_CTX_set_num_tickets(ctx, 1);
+  a->ssl_domain = d;
+  return WD_OK;
+}
+
+static void listen_on(wd_amqp_t *a, int i, const char *addr, bool tls) {
+  pn_listener_t *l = pn_listener();
+  pn_listener_set_context(l, &a->listener_tls[i]);
+  a->listener_tls[i] = tls;
+  a->listeners[i] = l;
+  a->listeners_pending++;
+  pn_proactor_listen(a->proactor, l, addr, 256);
+}
+
+int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out) {
+  wd_amqp_t *a = calloc(1, sizeof *a);
+  if (!a) return WD_ERR_NOMEM;
+  a->store = store;
+  pthread_mutex_init(&a->listen_lock, NULL);
+  pthread_cond_init(&a->listen_cond, NULL);
+  int rc = copy_config(&a->cfg, cfg);
+  if (rc == WD_OK) rc = wd_amqp__conns_init(a);
+  if (rc == WD_OK && a->cfg.tls_listen) rc = make_ssl_domain(a);
+  if (rc == WD_OK && !(a->proactor = pn_proactor())) rc = WD_ERR_NOMEM;
+  if (rc < 0) {
+    wd_amqp_free(a);
+    return rc;
+  }
+  wd_store_set_append_listener(store, wd_amqp__telemetry_appended, a);
+  pthread_mutex_lock(&a->listen_lock);
+  if (a->cfg.listen) listen_on(a, 0, a->cfg.listen, false);
+  if (a->cfg.tls_listen) listen_on(a, 1, a->cfg.tls_listen, true);
+  pthread_mutex_unlock(&a->listen_lock);
+  pn_proactor_set_timeout(a->proactor, TICK_MS);
+  *out = a;
+  return WD_OK;
+}
+
+int wd_amqp_wait_listening(wd_amqp_t *a) {
+  pthread_mutex_lock(&a->listen_lock);
+  while (a->listeners_pending > 0) pthread_cond_wait(&a->listen_cond, &a->listen_lock);
+  int rc = a->listen_error;
+  pthread_mutex_unlock(&a->listen_lock);
+  return rc;
+}
+
+void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
+  atomic_store(&a->stopping, true);
+  pthread_mutex_lock(&a->listen_lock);
+  for (int i = 0; i < 2; i++)
+    if (a->listeners[i]) pn_listener_close(a->listeners[i]);
+  pthread_mutex_unlock(&a->listen_lock);
+  /* Telemetry already received is committed and settled before connections close. */
+  for (int waited = 0; atomic_load(&a->inflight_commits) > 0 && waited < drain_ms; waited += 5)
+    nanosleep(&(struct timespec){0, 5000000L}, NULL);
+  if (atomic_load(&a->inflight_commits) > 0)
+    wd_log("amqp", WD_LOG_WARNING, "%d telemetry messages were still being committed at shutdown; their senders "
+           "will send them again", atomic_load(&a->inflight_commits));
+  pn_proactor_cancel_timeout(a->proactor);
+  pn_condition_t *cond = pn_condition();
+  pn_condition_set_name(cond, "amqp:connection:forced");
+  pn_condition_set_description(cond, "warden is shutting down");
+  pn_proactor_disconnect(a->proactor, cond);
+  pn_condition_free(cond);
+}
+
+void wd_amqp_free(wd_amqp_t *a) {
+  if (!a) return;
+  if (a->store) wd_store_set_append_listener(a->store, NULL, NULL);
+  if (a->proactor) pn_proactor_free(a->proactor);
+  if (a->ssl_domain) pn_ssl_domain_free(a->ssl_domain);
+  if (a->by_id) wd_amqp__conns_fini(a);
+  free_config(&a->cfg);
+  pthread_mutex_destroy(&a->listen_lock);
+  pthread_cond_destroy(&a->listen_cond);
+  free(a);
+}
+
+int wd_amqp_authenticate_service(wd_amqp_t *a, const char *secret, unsigned *scopes) {
+  int rc = WD_ERR_DENIED;
+  for (size_t i = 0; i < a->cfg.n_services; i++) {
+    const wd_amqp_service_t *s = &a->cfg.services[i];
+    if (s->secret && wd_secure_equal(s->secret, strlen(s->secret), secret, strlen(secret))) {
+      *scopes = s->scopes;
+      rc = WD_OK;
+    }
+  }
+  return rc;
+}
+
+void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *description) {
+  if (c->closing) return;
+  c->closing = true;
+  wd_log("amqp", WD_LOG_INFO, "[C%llu] closing connection of '%s': %s (%s)", (unsigned long long)c->id,
+         c->who.id, condition, description);
+  pn_condition_t *cond = pn_connection_condition(c->pn);
+  pn_condition_set_name(cond, condition);
+  pn_condition_set_description(cond, description);
+  if (pn_connection_state(c->pn) & PN_LOCAL_UNINIT) pn_connection_open(c->pn);
+  pn_connection_close(c->pn);
+}
+
+void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description) {
+  /* The refused end of the attach is null, then the detach carries the reason. */
+  if (pn_link_is_receiver(link))
+    pn_terminus_set_type(pn_link_target(link), PN_UNSPECIFIED);
+  else
+    pn_terminus_set_type(pn_link_source(link), PN_UNSPECIFIED);
+  pn_link_open(link);
+  pn_condition_t *cond = pn_link_condition(link);
+  pn_condition_set_name(cond, condition);
+  pn_condition_set_description(cond, description);
+  pn_link_close(link);
+}
+
+static void free_link_ctx(pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc) return;
+  wd_store_group_unref(lc->group);
+  free(lc);
+  pn_link_set_context(link, NULL);
+}
+
+void wd_amqp__link_ctx_release_PT(pn_link_t *link) {
+  free_link_ctx(link);
+  pn_link_free(link);
+}
+
+static bool has_token(const char *list, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = list; *p;) {
+    size_t len = strcspn(p, " ");
+    if (len == n && memcmp(p, token, n) == 0) return true;
+    p += len;
+    while (*p == ' ') p++;
+  }
+  return false;
+}
+
+/* A device may reach another only where its registry entry lists that device or one of its groups. */
+static bool peer_allowed(wd_amqp_t *a, const char *from, const char *to) {
+  wd_device_t *src = NULL, *dst = NULL;
+  bool ok = false;
+  if (wd_store_device_get(a->store, from, &src) == WD_OK && wd_store_device_get(a->store, to, &dst) == WD_OK) {
+    ok = has_token(src->peers, to);
+    for (const char *g = dst->groups; !ok && *g;) {
+      size_t len = strcspn(g, " ");
+      char group[WD_ID_MAX + 1];
+      if (len > 0 && len <= WD_ID_MAX) {
+        memcpy(group, g, len);
+        group[len] = '\0';
+        ok = has_token(src->peers, group);
+      }
+      g += len;
+      while (*g == ' ') g++;
+    }
+  }
+  wd_device_free(src);
+  wd_device_free(dst);
+  return ok;
+}
+
+static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
+  if (c->closing) return;
+  bool inbound = pn_link_is_receiver(link);
+  pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
+  pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
+  const char *address = pn_terminus_get_address(inbound ? pn_link_remote_target(link) : pn_link_remote_source(link));
+  wd_principal_t who = {.is_device = c->who.is_device, .id = c->who.id, .scopes = c->who.scopes};
+  wd_address_t addr;
+  const char *why;
+  int rc = wd_address_authorize(&who, inbound ? WD_LINK_INBOUND : WD_LINK_OUTBOUND, address, &addr, &why);
+  if (rc == WD_OK && addr.needs_peer_check && !peer_allowed(c->amqp, c->who.id, addr.param)) {
+    rc = WD_ERR_DENIED;
+    why = "the registry does not let this device reach that device";
+  }
+  if (rc < 0) {
+    wd_log("amqp", WD_LOG_INFO, "[C%llu] refused %s link '%s' for '%s': %s", (unsigned long long)c->id,
+           inbound ? "sending" : "receiving", address ? address : "(null)", c->who.id, why);
+    wd_amqp__link_refuse_PT(link, rc == WD_ERR_NOT_FOUND ? "amqp:not-found" : "amqp:unauthorized-access", why);
+    return;
+  }
+  wd_link_ctx_t *lc = calloc(1, sizeof *lc);
+  if (!lc) {
+    wd_amqp__link_refuse_PT(link, "amqp:resource-limit-exceeded", "out of memory");
+    return;
+  }
+  lc->addr = addr;
+  pn_link_set_context(link, lc);
+  if (addr.kind == WD_ADDR_TELEMETRY && inbound) {
+    wd_amqp__telemetry_inbound_open_PT(c, link);
+    return;
+  }
+  if (addr.kind == WD_ADDR_TELEMETRY && !inbound) {
+    rc = wd_amqp__telemetry_outbound_open_PT(c, link, lc);
+    if (rc == WD_OK) return;
+    free_link_ctx(link);
+    wd_amqp__link_refuse_PT(link, "amqp:internal-error", wd_err_str(rc));
+    return;
+  }
+  /* TODO(#3): commands, notifications, feedback, responses, inquiries. */
+  free_link_ctx(link);
+  wd_amqp__link_refuse_PT(link, "amqp:not-implemented", "this address is not served yet");
+}
+
+static void on_link_remote_close(pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (pn_link_is_sender(link)) wd_amqp__telemetry_release_unsettled_PT(link);
+  if (!(pn_link_state(link) & PN_LOCAL_CLOSED)) pn_link_close(link);
+  if (!lc) {
+    pn_link_free(link);
+    return;
+  }
+  lc->closed = true;
+  if (lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(link);
+}
+
+/* Applies the registry to a freshly authenticated device: registered first (so
+ * a revocation from now on finds it), then checked (so one committed before
+ * now is seen). */
+static bool admit_device(wd_conn_t *c) {
+  wd_amqp__conn_index_device(c);
+  wd_device_t *d = NULL;
+  bool ok = wd_store_device_get(c->amqp->store, c->who.id, &d) == WD_OK && d->enabled &&
+            d->generation == c->who.device_generation;
+  wd_device_free(d);
+  return ok;
+}
+
+static void on_connection_remote_open(wd_conn_t *c) {
+  pn_transport_t *t = pn_connection_transport(c->pn);
+  wd_amqp_t *a = c->amqp;
+  if (!wd_amqp__sasl_identity(t, &c->who)) {
+    wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "not authenticated");
+    return;
+  }
+  if (a->n_conns > a->cfg.max_connections) {
+    wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "too many connections");
+    return;
+  }
+  if (c->who.is_device && !admit_device(c)) {
+    wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "credentials revoked");
+    return;
+  }
+  /* A sleeping device may ask for a longer idle time-out than ours; grant it up to the maximum. */
+  pn_millis_t remote_idle = pn_transport_get_remote_idle_timeout(t);
+  pn_millis_t local_idle = a->cfg.idle_timeout_ms;
+  if (remote_idle > local_idle) local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
+  pn_transport_set_idle_timeout(t, local_idle);
+  pn_connection_set_container(c->pn, "warden");
+  pn_connection_open(c->pn);
+  wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
+         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
+}
+
+static void on_transport_closed(wd_conn_t *c) {
+  for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) {
+    if (pn_link_is_sender(l)) wd_amqp__telemetry_release_unsettled_PT(l);
+    free_link_ctx(l);
+  }
+  wd_amqp__conn_gone(c);
+  if (c->who.authenticated)
+    wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' disconnected", (unsigned long long)c->id, c->who.id);
+  pn_connection_set_context(c->pn, NULL);
+  wd_amqp__conn_free(c);
+}
+
+static void expire_token(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (!discard) wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "SAS token expired");
+}
+
+static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
+  bool *tls_flag = pn_listener_get_context(l);
+  bool tls = *tls_flag;
+  if (pn_event_type(e) == PN_LISTENER_OPEN) {
+    char host[64], port[16];
+    pn_netaddr_host_port(pn_listener_addr(l), host, sizeof host, port, sizeof port);
+    wd_log("amqp", WD_LOG_INFO, "listening %s %s:%s", tls ? "amqps" : "amqp", host, port);
+    pthread_mutex_lock(&a->listen_lock);
+    a->listeners_pending--;
+    *tls_flag = tls; /* unchanged; the listener opened */
+    pthread_cond_broadcast(&a->listen_cond);
+    pthread_mutex_unlock(&a->listen_lock);
+  } else if (pn_event_type(e) == PN_LISTENER_ACCEPT) {
+    pn_connection_t *pc = pn_connection();
+    wd_conn_t *c = wd_amqp__conn_new(a, pc, tls);
+    pn_transport_t *t = pn_transport();
+    if (!c || !t) {
+      wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a connection");
+      free(c);
+      if (t) pn_transport_free(t);
+      pn_listener_accept2(l, pc, NULL);
+      pn_connection_close(pc);
+      return;
+    }
+    pn_connection_set_context(pc, c);
+    pn_transport_set_server(t);
+    wd_amqp__sasl_install(a, t, tls);
+    if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
+    pn_transport_set_idle_timeout(t, a->cfg.idle_timeout_ms);
+    pn_listener_accept2(l, pc, t);
+  } else if (pn_event_type(e) == PN_LISTENER_CLOSE) {
+    pn_condition_t *cond = pn_listener_condition(l);
+    pthread_mutex_lock(&a->listen_lock);
+    for (int i = 0; i < 2; i++)
+      if (a->listeners[i] == l) a->listeners[i] = NULL;
+    if (pn_condition_is_set(cond) && !atomic_load(&a->stopping)) {
+      wd_log("amqp", WD_LOG_ERROR, "cannot listen for %s: %s", tls ? "amqps" : "amqp",
+             pn_condition_get_description(cond));
+      a->listen_error = WD_ERR_IO;
+      a->listeners_pending--;
+      pthread_cond_broadcast(&a->listen_cond);
+    }
+    pthread_mutex_unlock(&a->listen_lock);
+  }
+}
+
+/* Handles one event; returns false when this thread should stop. */
+static bool handle(wd_amqp_t *a, pn_event_t *e) {
+  pn_connection_t *pc = pn_event_connection(e);
+  wd_conn_t *c = pc ? pn_connection_get_context(pc) : NULL;
+  pn_listener_t *l = pn_event_listener(e);
+  if (l) {
+    on_listener_event(a, e, l);
+    return true;
+  }
+  switch (pn_event_type(e)) {
+    case PN_CONNECTION_BOUND:
+      if (c) {
+        const pn_netaddr_t *na = pn_transport_remote_addr(pn_event_transport(e));
+        if (!na || pn_netaddr_str(na, c->remote, sizeof c->remote) < 0) snprintf(c->remote, sizeof c->remote, "?");
+      }
+      break;
+    case PN_CONNECTION_REMOTE_OPEN:
+      if (c) on_connection_remote_open(c);
+      break;
+    case PN_CONNECTION_REMOTE_CLOSE:
+      if (!(pn_connection_state(pc) & PN_LOCAL_CLOSED)) pn_connection_close(pc);
+      break;
+    case PN_SESSION_REMOTE_OPEN:
+      if (c && !c->closing) pn_session_open(pn_event_session(e));
+      break;
+    case PN_SESSION_REMOTE_CLOSE:
+      if (!(pn_session_state(pn_event_session(e)) & PN_LOCAL_CLOSED)) pn_session_close(pn_event_session(e));
+      break;
+    case PN_LINK_REMOTE_OPEN:
+      if (c) on_link_remote_open(c, pn_event_link(e));
+      break;
+    case PN_LINK_REMOTE_CLOSE:
+    case PN_LINK_REMOTE_DETACH:
+      on_link_remote_close(pn_event_link(e));
+      break;
+    case PN_LINK_FLOW: {
+      pn_link_t *link = pn_event_link(e);
+      wd_link_ctx_t *lc = pn_link_get_context(link);
+      if (c && lc && pn_link_is_sender(link) && lc->addr.kind == WD_ADDR_TELEMETRY) wd_amqp__telemetry_pump_PT(c, link);
+      break;
+    }
+    case PN_DELIVERY: {
+      pn_delivery_t *d = pn_event_delivery(e);
+      pn_link_t *link = pn_delivery_link(d);
+      wd_link_ctx_t *lc = pn_link_get_context(link);
+      if (!c || !lc) {
+        if (pn_link_is_receiver(link) && pn_delivery_readable(d) && !pn_delivery_partial(d)) {
+          pn_link_advance(link);
+          pn_delivery_settle(d);
+        }
+        break;
+      }
+      if (pn_link_is_receiver(link))
+        wd_amqp__telemetry_on_delivery_PT(c, link, d);
+      else if (pn_delivery_updated(d))
+        wd_amqp__telemetry_outbound_update_PT(link, d);
+      break;
+    }
+    case PN_CONNECTION_WAKE:
+      if (c) wd_amqp__conn_run_jobs(c);
+      break;
+    case PN_TRANSPORT_CLOSED:
+      if (c) on_transport_closed(c);
+      break;
+    case PN_PROACTOR_TIMEOUT:
+      if (!atomic_load(&a->stopping)) {
+        wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
+        pn_proactor_set_timeout(a->proactor, TICK_MS);
+      }
+      break;
+    case PN_PROACTOR_INACTIVE:
+      if (atomic_load(&a->stopping)) pn_proactor_interrupt(a->proactor);
+      break;
+    case PN_PROACTOR_INTERRUPT:
+      /* Interrupts coalesce: pass it on so that every thread sees one. */
+      pn_proactor_interrupt(a->proactor);
+      return false;
+    default: break;
+  }
+  return true;
+}
+
+void wd_amqp_run(wd_amqp_t *a) {
+  for (bool running = true; running;) {
+    pn_event_batch_t *batch = pn_proactor_wait(a->proactor);
+    pn_event_t *e;
+    while ((e = pn_event_batch_next(batch)))
+      if (!handle(a, e)) running = false;
+    pn_proactor_done(a->proactor, batch);
+  }
+}

@@ -1,0 +1,243 @@
+/* The registry of live connections and the hand-off of work to them.
+ *
+ * Other threads never keep a pn_connection_t*: they name a connection by id
+ * (or a device by its id) and post a job. Posting appends to the connection's
+ * job list and calls pn_connection_wake while conns_lock is held; the
+ * connection is removed from the registry under the same lock on
+ * PN_TRANSPORT_CLOSED, after which Proton frees it. So a wake can never reach
+ * a freed connection. Wakes coalesce, so each PN_CONNECTION_WAKE runs every
+ * job queued so far. */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/base/log.h"
+#include "protocol/internal.h"
+
+#define N_BUCKETS 16384
+
+static size_t hash_u64(uint64_t v) { return (size_t)((v * 0x9E3779B97F4A7C15ull) >> 40) % N_BUCKETS; }
+
+static size_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return (size_t)(h % N_BUCKETS);
+}
+
+int wd_amqp__conns_init(wd_amqp_t *a) {
+  pthread_mutex_init(&a->conns_lock, NULL);
+  a->n_buckets = N_BUCKETS;
+  a->by_id = calloc(N_BUCKETS, sizeof *a->by_id);
+  a->by_device = calloc(N_BUCKETS, sizeof *a->by_device);
+  return a->by_id && a->by_device ? WD_OK : WD_ERR_NOMEM;
+}
+
+void wd_amqp__conns_fini(wd_amqp_t *a) {
+  free(a->by_id);
+  free(a->by_device);
+  pthread_mutex_destroy(&a->conns_lock);
+}
+
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
+  wd_conn_t *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->amqp = a;
+  c->pn = pn;
+  c->tls = tls;
+  atomic_store(&c->last_seen_ms, wd_now_ms());
+  pthread_mutex_lock(&a->conns_lock);
+  c->id = ++a->next_conn_id;
+  size_t b = hash_u64(c->id);
+  c->by_id_next = a->by_id[b];
+  a->by_id[b] = c;
+  a->n_conns++;
+  pthread_mutex_unlock(&a->conns_lock);
+  return c;
+}
+
+void wd_amqp__conn_free(wd_conn_t *c) { free(c); }
+
+static wd_conn_t *find_device_locked(wd_amqp_t *a, const char *device_id) {
+  wd_conn_t *c = a->by_device[hash_str(device_id)];
+  while (c && strcmp(c->who.id, device_id) != 0) c = c->by_device_next;
+  return c;
+}
+
+static void unlink_device_locked(wd_conn_t *c) {
+  if (!c->in_device_index) return;
+  wd_conn_t **pp = &c->amqp->by_device[hash_str(c->who.id)];
+  while (*pp && *pp != c) pp = &(*pp)->by_device_next;
+  if (*pp) *pp = c->by_device_next;
+  c->in_device_index = false;
+}
+
+static void post_locked(wd_conn_t *c, wd_job_fn fn, void *arg, wd_job_t *job) {
+  job->fn = fn;
+  job->arg = arg;
+  job->next = NULL;
+  if (c->jobs_tail)
+    c->jobs_tail->next = job;
+  else
+    c->jobs_head = job;
+  c->jobs_tail = job;
+  pn_connection_wake(c->pn);
+}
+
+typedef struct {
+  const char *condition;
+  char *description;
+} close_job_t;
+
+static void run_close(wd_conn_t *c, void *arg, bool discard) {
+  close_job_t *j = arg;
+  if (!discard) wd_amqp__conn_close_PT(c, j->condition, j->description);
+  free(j->description);
+  free(j);
+}
+
+/* Posts a close to c; the caller holds conns_lock. */
+static void post_close_locked(wd_conn_t *c, const char *condition, const char *description) {
+  close_job_t *cj = malloc(sizeof *cj);
+  wd_job_t *job = malloc(sizeof *job);
+  char *desc = strdup(description);
+  if (!cj || !job || !desc) {
+    /* Out of memory: the connection stays open until its next close; say so loudly. */
+    wd_log("amqp", WD_LOG_ERROR, "[C%llu] out of memory: could not close connection (%s)",
+           (unsigned long long)c->id, description);
+    free(cj);
+    free(job);
+    free(desc);
+    return;
+  }
+  cj->condition = condition;
+  cj->description = desc;
+  post_locked(c, run_close, cj, job);
+}
+
+void wd_amqp__conn_index_device(wd_conn_t *c) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *old = find_device_locked(a, c->who.id);
+  if (old) {
+    unlink_device_locked(old);
+    post_close_locked(old, "amqp:connection:forced", "replaced by a newer connection of the same device");
+  }
+  size_t b = hash_str(c->who.id);
+  c->by_device_next = a->by_device[b];
+  a->by_device[b] = c;
+  c->in_device_index = true;
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__conn_add_consumer(wd_conn_t *c) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  if (!c->in_consumer_list && !c->gone) {
+    c->consumer_next = a->consumers;
+    a->consumers = c;
+    c->in_consumer_list = true;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__conn_gone(wd_conn_t *c) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t **pp = &a->by_id[hash_u64(c->id)];
+  while (*pp && *pp != c) pp = &(*pp)->by_id_next;
+  if (*pp) *pp = c->by_id_next;
+  unlink_device_locked(c);
+  if (c->in_consumer_list) {
+    pp = &a->consumers;
+    while (*pp && *pp != c) pp = &(*pp)->consumer_next;
+    if (*pp) *pp = c->consumer_next;
+    c->in_consumer_list = false;
+  }
+  a->n_conns--;
+  c->gone = true;
+  wd_job_t *jobs = c->jobs_head;
+  c->jobs_head = c->jobs_tail = NULL;
+  pthread_mutex_unlock(&a->conns_lock);
+  while (jobs) {
+    wd_job_t *next = jobs->next;
+    jobs->fn(NULL, jobs->arg, true);
+    free(jobs);
+    jobs = next;
+  }
+}
+
+void wd_amqp__post(wd_amqp_t *a, uint64_t conn_id, wd_job_fn fn, void *arg) {
+  wd_job_t *job = malloc(sizeof *job);
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *c = a->by_id[hash_u64(conn_id)];
+  while (c && c->id != conn_id) c = c->by_id_next;
+  if (c && job) {
+    post_locked(c, fn, arg, job);
+    pthread_mutex_unlock(&a->conns_lock);
+    return;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+  free(job);
+  fn(NULL, arg, true);
+}
+
+void wd_amqp__conn_run_jobs(wd_conn_t *c) {
+  pthread_mutex_lock(&c->amqp->conns_lock);
+  wd_job_t *jobs = c->jobs_head;
+  c->jobs_head = c->jobs_tail = NULL;
+  pthread_mutex_unlock(&c->amqp->conns_lock);
+  while (jobs) {
+    wd_job_t *next = jobs->next;
+    jobs->fn(c, jobs->arg, false);
+    free(jobs);
+    jobs = next;
+  }
+}
+
+void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (wd_conn_t *c = a->consumers; c; c = c->consumer_next) {
+    if (atomic_exchange(&c->pump_pending, true)) continue;
+    wd_job_t *job = malloc(sizeof *job);
+    if (!job) {
+      atomic_store(&c->pump_pending, false);
+      continue;
+    }
+    post_locked(c, fn, NULL, job);
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (size_t b = 0; b < a->n_buckets; b++) {
+    wd_conn_t *next;
+    for (wd_conn_t *c = a->by_device[b]; c; c = next) {
+      next = c->by_device_next;
+      if (c->who.token_expiry_s == 0 || c->who.token_expiry_s > now_s) continue;
+      wd_job_t *job = malloc(sizeof *job);
+      if (!job) continue;
+      unlink_device_locked(c); /* closing: not posted again, and no longer "connected" */
+      post_locked(c, fn, NULL, job);
+    }
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp_revoke_device(wd_amqp_t *a, const char *device_id, const char *reason) {
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *c = find_device_locked(a, device_id);
+  if (c) {
+    unlink_device_locked(c);
+    post_close_locked(c, "amqp:unauthorized-access", reason);
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+bool wd_amqp_device_connected(wd_amqp_t *a, const char *device_id, int64_t *last_seen_ms) {
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *c = find_device_locked(a, device_id);
+  if (c && last_seen_ms) *last_seen_ms = atomic_load(&c->last_seen_ms);
+  pthread_mutex_unlock(&a->conns_lock);
+  return c != NULL;
+}

@@ -1,0 +1,145 @@
+#ifndef WD_PROTOCOL_INTERNAL_H
+#define WD_PROTOCOL_INTERNAL_H
+
+/* Shared between the files of protocol/ only. */
+
+#include <proton/connection.h>
+#include <proton/delivery.h>
+#include <proton/link.h>
+#include <proton/listener.h>
+#include <proton/proactor.h>
+#include <proton/ssl.h>
+#include <proton/transport.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "protocol/address.h"
+#include "protocol/amqp.h"
+
+typedef struct wd_conn wd_conn_t;
+
+/* Work handed to a connection from another thread. It runs on the
+ * connection's proactor batch with discard = false, or - when the connection
+ * is gone or closing - with c = NULL and discard = true, on whatever thread
+ * noticed. Either way exactly once. */
+typedef void (*wd_job_fn)(wd_conn_t *c, void *arg, bool discard);
+
+typedef struct wd_job {
+  struct wd_job *next;
+  wd_job_fn fn;
+  void *arg;
+} wd_job_t;
+
+/* Who is on the other end, fixed when SASL succeeds. */
+typedef struct {
+  bool authenticated;
+  bool is_device;
+  char id[WD_ID_MAX + 1]; /* device id or service name */
+  unsigned scopes;
+  uint64_t device_generation; /* the registry generation the credential was checked against */
+  int64_t token_expiry_s;     /* 0 when the credential does not expire */
+  const char *mech;           /* static string */
+} wd_identity_t;
+
+struct wd_conn {
+  uint64_t id;
+  wd_amqp_t *amqp;
+  pn_connection_t *pn; /* other threads use it only for pn_connection_wake, under conns_lock */
+  bool tls;
+  char remote[64];
+  wd_identity_t who;
+  _Atomic int64_t last_seen_ms;
+
+  /* Under amqp->conns_lock. */
+  wd_job_t *jobs_head, *jobs_tail;
+  bool gone;                  /* transport closed: posts run discarded */
+  wd_conn_t *by_id_next;      /* hash chain by id */
+  wd_conn_t *by_device_next;  /* hash chain by device id, when is_device and registered */
+  bool in_device_index;
+  wd_conn_t *consumer_next;   /* list of connections that read telemetry */
+  bool in_consumer_list;
+  _Atomic bool pump_pending;  /* a telemetry pump job is queued */
+
+  /* Owned by the connection's batches. */
+  int n_links;
+  bool closing;
+};
+
+/* What a link is for; stored as the link's context. */
+typedef struct {
+  wd_address_t addr;
+  int pending_commits;   /* inbound telemetry waiting for the store */
+  bool closed;           /* detached: free when pending_commits reaches 0 */
+  wd_store_group_t *group; /* outbound telemetry */
+} wd_link_ctx_t;
+
+struct wd_amqp {
+  wd_amqp_config_t cfg; /* strings and services owned (deep copy) */
+  wd_store_t *store;
+  pn_proactor_t *proactor;
+  pn_listener_t *listeners[2];
+  bool listener_tls[2];
+  pn_ssl_domain_t *ssl_domain;
+
+  pthread_mutex_t listen_lock;
+  pthread_cond_t listen_cond;
+  int listeners_pending;
+  int listen_error;
+
+  _Atomic bool stopping;
+  _Atomic int inflight_commits; /* telemetry handed to the store, not yet settled */
+
+  pthread_mutex_t conns_lock;
+  wd_conn_t **by_id;
+  wd_conn_t **by_device;
+  size_t n_buckets;
+  size_t n_conns;
+  uint64_t next_conn_id;
+  wd_conn_t *consumers;
+
+  _Atomic int64_t next_tick_ms;
+};
+
+/* connections.c */
+int wd_amqp__conns_init(wd_amqp_t *a);
+void wd_amqp__conns_fini(wd_amqp_t *a);
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls);
+/* Registers the device connection, closing (by post) any older one of the same device. */
+void wd_amqp__conn_index_device(wd_conn_t *c);
+void wd_amqp__conn_add_consumer(wd_conn_t *c);
+/* Called on PN_TRANSPORT_CLOSED: unregisters, then runs what was posted with discard. */
+void wd_amqp__conn_gone(wd_conn_t *c);
+void wd_amqp__conn_free(wd_conn_t *c);
+/* Hands fn(arg) to connection `id`. Thread-safe. Runs fn exactly once (see wd_job_fn). */
+void wd_amqp__post(wd_amqp_t *a, uint64_t conn_id, wd_job_fn fn, void *arg);
+/* Runs every job posted to c; called on PN_CONNECTION_WAKE. */
+void wd_amqp__conn_run_jobs(wd_conn_t *c);
+/* Posts fn to each connection that reads telemetry. */
+void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn);
+/* Posts fn to each device connection whose token expired by now_s. */
+void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn);
+
+/* Closes the connection with a condition and logs why. On the connection's batch. */
+void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *description);
+
+/* sasl.c */
+void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls);
+/* Copies the identity proven by SASL; false if none. */
+bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out);
+
+/* telemetry.c */
+void wd_amqp__telemetry_inbound_open_PT(wd_conn_t *c, pn_link_t *link);
+void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
+int wd_amqp__telemetry_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+void wd_amqp__telemetry_pump_PT(wd_conn_t *c, pn_link_t *link);
+void wd_amqp__telemetry_outbound_update_PT(pn_link_t *link, pn_delivery_t *d);
+void wd_amqp__telemetry_release_unsettled_PT(pn_link_t *link);
+void wd_amqp__telemetry_appended(void *arg, uint64_t next_seq);
+
+/* amqp.c */
+void wd_amqp__link_ctx_release_PT(pn_link_t *link);
+void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);
+
+#define WD_CREDIT_WINDOW 256
+
+#endif

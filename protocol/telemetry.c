@@ -1,0 +1,241 @@
+/* Telemetry in from devices and out to consumer groups.
+ *
+ * In: a complete delivery is rewritten (warden's annotations), handed to the
+ * store, and settled `accepted` only when the writer reports its commit; the
+ * report comes back to the connection as a posted job. A link keeps at most
+ * WD_CREDIT_WINDOW messages outstanding (credit granted plus commits pending),
+ * so a fast device is paced by the store, never buffered without bound.
+ *
+ * Out: a consumer's credit pulls records claimed from its group; the store's
+ * append listener posts a pump job to every consumer connection when new
+ * records are committed. Delivery tags are the records' sequence numbers. */
+
+#include <proton/condition.h>
+#include <proton/disposition.h>
+#include <proton/session.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/base/log.h"
+#include "protocol/internal.h"
+#include "protocol/message.h"
+
+#define CLAIM_BATCH 64
+
+typedef struct {
+  wd_amqp_t *amqp;
+  uint64_t conn_id;
+  pn_link_t *link;
+  pn_delivery_t *delivery; /* NULL when the sender pre-settled */
+  int rc;
+} commit_job_t;
+
+static void top_up_credit(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
+  if (lc->closed || atomic_load(&a->stopping)) return;
+  int credit = pn_link_credit(link);
+  int outstanding = credit + lc->pending_commits;
+  if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
+}
+
+static void reject(pn_delivery_t *d, const char *condition, const char *description) {
+  pn_condition_t *cond = pn_disposition_condition(pn_delivery_local(d));
+  pn_condition_set_name(cond, condition);
+  pn_condition_set_description(cond, description);
+  pn_delivery_update(d, PN_REJECTED);
+  pn_delivery_settle(d);
+}
+
+static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
+  commit_job_t *j = arg;
+  if (!discard) {
+    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    if (j->delivery) {
+      if (j->rc == WD_OK) {
+        pn_delivery_update(j->delivery, PN_ACCEPTED);
+        pn_delivery_settle(j->delivery);
+      } else if (j->rc == WD_ERR_FULL) {
+        reject(j->delivery, "amqp:resource-limit-exceeded", "the store is full");
+      } else {
+        reject(j->delivery, "amqp:internal-error", wd_err_str(j->rc));
+      }
+    }
+    lc->pending_commits--;
+    if (lc->closed && lc->pending_commits == 0)
+      wd_amqp__link_ctx_release_PT(j->link);
+    else
+      top_up_credit(j->link, lc, c->amqp);
+  }
+  atomic_fetch_sub(&j->amqp->inflight_commits, 1);
+  free(j);
+}
+
+static void on_committed(void *ctx, int rc) {
+  commit_job_t *j = ctx;
+  j->rc = rc;
+  wd_amqp__post(j->amqp, j->conn_id, settle_committed, j);
+}
+
+void wd_amqp__telemetry_inbound_open_PT(wd_conn_t *c, pn_link_t *link) {
+  pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
+  pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+  pn_link_open(link);
+  pn_link_flow(link, WD_CREDIT_WINDOW);
+}
+
+void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+  wd_amqp_t *a = c->amqp;
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  size_t pending = pn_delivery_pending(d);
+  if (pending > a->cfg.max_message_size) {
+    /* Refuse to buffer it: a message larger than the limit ends the link. */
+    wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' sent a message over %u bytes; detaching the link",
+           (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
+    pn_condition_t *cond = pn_link_condition(link);
+    pn_condition_set_name(cond, "amqp:link:message-size-exceeded");
+    pn_condition_set_description(cond, "message larger than max_message_size");
+    pn_link_close(link);
+    lc->closed = true;
+    return;
+  }
+  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
+
+  uint8_t *raw = malloc(pending ? pending : 1);
+  if (!raw) {
+    pn_link_advance(link);
+    reject(d, "amqp:resource-limit-exceeded", "out of memory");
+    return;
+  }
+  ssize_t n = pn_link_recv(link, (char *)raw, pending);
+  pn_link_advance(link);
+  bool presettled = pn_delivery_settled(d);
+  if (lc->closed) {
+    free(raw);
+    pn_delivery_settle(d);
+    return;
+  }
+  uint8_t *rec;
+  size_t rec_len, seq_offset;
+  int rc = n < 0 ? WD_ERR_INVALID
+                 : wd_msg_annotate(raw, (size_t)n, c->who.id, wd_now_ms(), &rec, &rec_len, &seq_offset);
+  free(raw);
+  if (rc < 0) {
+    if (presettled)
+      pn_delivery_settle(d);
+    else
+      reject(d, "amqp:decode-error", "not a well-formed AMQP message");
+    top_up_credit(link, lc, a);
+    return;
+  }
+  commit_job_t *j = malloc(sizeof *j);
+  if (j) {
+    *j = (commit_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d};
+    atomic_fetch_add(&a->inflight_commits, 1);
+    rc = wd_store_telemetry_append(a->store, rec, rec_len, seq_offset, on_committed, j);
+    if (rc < 0) atomic_fetch_sub(&a->inflight_commits, 1);
+  } else {
+    rc = WD_ERR_NOMEM;
+  }
+  if (rc < 0) {
+    free(j);
+    free(rec);
+    if (presettled)
+      pn_delivery_settle(d);
+    else
+      reject(d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
+             wd_err_str(rc));
+    top_up_credit(link, lc, a);
+    return;
+  }
+  /* At-most-once for a pre-settled message: it is forgotten whether or not it commits. */
+  if (presettled) pn_delivery_settle(d);
+  lc->pending_commits++;
+  atomic_store(&c->last_seen_ms, wd_now_ms());
+  top_up_credit(link, lc, a);
+}
+
+int wd_amqp__telemetry_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  int rc = wd_store_group_open(c->amqp->store, lc->addr.param, &lc->group);
+  if (rc < 0) return rc;
+  bool presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
+  pn_link_set_snd_settle_mode(link, presettled ? PN_SND_SETTLED : PN_SND_UNSETTLED);
+  pn_link_open(link);
+  wd_amqp__conn_add_consumer(c);
+  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' reads telemetry as group '%s'", (unsigned long long)c->id,
+         c->who.id, lc->addr.param);
+  return WD_OK;
+}
+
+void wd_amqp__telemetry_pump_PT(wd_conn_t *c, pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || lc->closed || !lc->group || c->closing) return;
+  bool presettled = pn_link_snd_settle_mode(link) == PN_SND_SETTLED;
+  wd_store_record_t recs[CLAIM_BATCH];
+  while (pn_link_credit(link) > 0) {
+    int want = pn_link_credit(link) < CLAIM_BATCH ? pn_link_credit(link) : CLAIM_BATCH;
+    int n = wd_store_group_claim(lc->group, recs, (size_t)want);
+    if (n <= 0) break;
+    for (int i = 0; i < n; i++) {
+      uint8_t tag[8];
+      for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(recs[i].seq >> (56 - 8 * b));
+      pn_delivery_t *d = pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
+      pn_link_send(link, recs[i].data, recs[i].len);
+      pn_link_advance(link);
+      if (presettled) {
+        pn_delivery_settle(d);
+        wd_store_group_ack(lc->group, recs[i].seq);
+      }
+      free(recs[i].data);
+    }
+  }
+  if (pn_link_get_drain(link) && pn_link_credit(link) > 0) pn_link_drained(link);
+}
+
+static uint64_t delivery_seq(pn_delivery_t *d) {
+  pn_delivery_tag_t tag = pn_delivery_tag(d);
+  uint64_t seq = 0;
+  if (tag.size != 8) return 0;
+  for (size_t i = 0; i < 8; i++) seq = seq << 8 | (uint8_t)tag.start[i];
+  return seq;
+}
+
+void wd_amqp__telemetry_outbound_update_PT(pn_link_t *link, pn_delivery_t *d) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || !lc->group) return;
+  uint64_t state = pn_delivery_remote_state(d);
+  bool settled = pn_delivery_settled(d);
+  if (!settled && !(state == PN_ACCEPTED || state == PN_REJECTED || state == PN_RELEASED || state == PN_MODIFIED))
+    return;
+  uint64_t seq = delivery_seq(d);
+  if (state == PN_RELEASED || state == PN_MODIFIED)
+    wd_store_group_release(lc->group, seq);
+  else
+    wd_store_group_ack(lc->group, seq); /* accepted, rejected (dropped), or settled without a state */
+  pn_delivery_settle(d);
+}
+
+void wd_amqp__telemetry_release_unsettled_PT(pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || !lc->group) return;
+  pn_delivery_t *d = pn_unsettled_head(link);
+  while (d) {
+    pn_delivery_t *next = pn_unsettled_next(d);
+    wd_store_group_release(lc->group, delivery_seq(d));
+    pn_delivery_settle(d);
+    d = next;
+  }
+}
+
+static void pump_connection(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  atomic_store(&c->pump_pending, false);
+  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
+    wd_link_ctx_t *lc = pn_link_get_context(l);
+    if (pn_link_is_sender(l) && lc && lc->addr.kind == WD_ADDR_TELEMETRY) wd_amqp__telemetry_pump_PT(c, l);
+  }
+}
+
+void wd_amqp__telemetry_appended(void *arg, uint64_t next_seq) {
+  (void)next_seq;
+  wd_amqp__post_consumers(arg, pump_connection);
+}
