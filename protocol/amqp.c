@@ -21,6 +21,7 @@
 #include "protocol/internal.h"
 
 #define TICK_MS 1000
+#define CLOSE_GRACE_MS 2000 /* a peer that does not answer our close is cut off after this */
 
 static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
 
@@ -192,6 +193,7 @@ void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *des
   pn_condition_set_description(cond, description);
   if (pn_connection_state(c->pn) & PN_LOCAL_UNINIT) pn_connection_open(c->pn);
   pn_connection_close(c->pn);
+  wd_amqp__conn_closing(c, wd_mono_ms() + CLOSE_GRACE_MS);
 }
 
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description) {
@@ -328,7 +330,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
     wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "not authenticated");
     return;
   }
-  if (a->n_conns > a->cfg.max_connections) {
+  if (wd_amqp__conn_count(a) > a->cfg.max_connections) {
     wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "too many connections");
     return;
   }
@@ -362,6 +364,15 @@ static void on_transport_closed(wd_conn_t *c) {
 static void expire_token(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
   if (!discard) wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "SAS token expired");
+}
+
+/* The peer never answered our close: stop reading and writing. */
+static void abort_connection(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  pn_transport_t *t = pn_connection_transport(c->pn);
+  pn_transport_close_tail(t);
+  pn_transport_close_head(t);
 }
 
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
@@ -477,6 +488,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
     case PN_PROACTOR_TIMEOUT:
       if (!atomic_load(&a->stopping)) {
         wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
+        wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;

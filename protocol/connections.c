@@ -57,6 +57,13 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
 
 void wd_amqp__conn_free(wd_conn_t *c) { free(c); }
 
+size_t wd_amqp__conn_count(wd_amqp_t *a) {
+  pthread_mutex_lock(&a->conns_lock);
+  size_t n = a->n_conns;
+  pthread_mutex_unlock(&a->conns_lock);
+  return n;
+}
+
 static wd_conn_t *find_device_locked(wd_amqp_t *a, const char *device_id) {
   wd_conn_t *c = a->by_device[hash_str(device_id)];
   while (c && strcmp(c->who.id, device_id) != 0) c = c->by_device_next;
@@ -153,6 +160,12 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
     if (*pp) *pp = c->consumer_next;
     c->in_consumer_list = false;
   }
+  if (c->in_closing_list) {
+    pp = &a->closing;
+    while (*pp && *pp != c) pp = &(*pp)->closing_next;
+    if (*pp) *pp = c->closing_next;
+    c->in_closing_list = false;
+  }
   a->n_conns--;
   c->gone = true;
   wd_job_t *jobs = c->jobs_head;
@@ -220,6 +233,29 @@ void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn) {
       unlink_device_locked(c); /* closing: not posted again, and no longer "connected" */
       post_locked(c, fn, NULL, job);
     }
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__conn_closing(wd_conn_t *c, int64_t deadline_mono_ms) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  if (!c->in_closing_list && !c->gone) {
+    c->close_deadline_ms = deadline_mono_ms;
+    c->closing_next = a->closing;
+    a->closing = c;
+    c->in_closing_list = true;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_overdue(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (wd_conn_t *c = a->closing; c; c = c->closing_next) {
+    if (c->close_deadline_ms > now_mono_ms) continue;
+    wd_job_t *job = malloc(sizeof *job);
+    if (job) post_locked(c, fn, NULL, job);
+    c->close_deadline_ms = INT64_MAX; /* once */
   }
   pthread_mutex_unlock(&a->conns_lock);
 }

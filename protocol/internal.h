@@ -59,6 +59,9 @@ struct wd_conn {
   wd_conn_t *consumer_next;   /* list of connections that read telemetry */
   bool in_consumer_list;
   _Atomic bool pump_pending;  /* a telemetry pump job is queued */
+  wd_conn_t *closing_next;    /* list of connections we closed, awaiting the peer */
+  bool in_closing_list;
+  int64_t close_deadline_ms;  /* monotonic */
 
   /* Owned by the connection's batches. */
   int n_links;
@@ -96,6 +99,7 @@ struct wd_amqp {
   size_t n_conns;
   uint64_t next_conn_id;
   wd_conn_t *consumers;
+  wd_conn_t *closing;
 
   _Atomic int64_t next_tick_ms;
 };
@@ -110,6 +114,7 @@ void wd_amqp__conn_add_consumer(wd_conn_t *c);
 /* Called on PN_TRANSPORT_CLOSED: unregisters, then runs what was posted with discard. */
 void wd_amqp__conn_gone(wd_conn_t *c);
 void wd_amqp__conn_free(wd_conn_t *c);
+size_t wd_amqp__conn_count(wd_amqp_t *a);
 /* Hands fn(arg) to connection `id`. Thread-safe. Runs fn exactly once (see wd_job_fn). */
 void wd_amqp__post(wd_amqp_t *a, uint64_t conn_id, wd_job_fn fn, void *arg);
 /* Runs every job posted to c; called on PN_CONNECTION_WAKE. */
@@ -118,6 +123,10 @@ void wd_amqp__conn_run_jobs(wd_conn_t *c);
 void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn);
 /* Posts fn to each device connection whose token expired by now_s. */
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn);
+
+/* Remembers that c was closed by us; past the deadline wd_amqp__post_overdue posts fn to it. */
+void wd_amqp__conn_closing(wd_conn_t *c, int64_t deadline_mono_ms);
+void wd_amqp__post_overdue(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
 /* Closes the connection with a condition and logs why. On the connection's batch. */
 void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *description);
