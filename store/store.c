@@ -251,6 +251,9 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     free(s);
     return err;
   }
+  int stale = 0;
+  mdb_reader_check(s->env, &stale); /* reader slots of a process that was killed */
+  if (stale > 0) wd_log("store", WD_LOG_INFO, "cleared %d stale reader slots", stale);
   rc = open_dbis(s);
   if (rc < 0) {
     wd_log("store", WD_LOG_ERROR, "cannot read store at %s: %s; the store was left untouched", path,
