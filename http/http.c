@@ -23,7 +23,13 @@
  *
  * A pending record outlives its request when wd_http_stop gives up waiting: it
  * then belongs to the store callback alone, which frees it without touching
- * the request or the server. */
+ * the request or the server.
+ *
+ * Stopping drains: no new connections, every response says Connection: close,
+ * new writes get 503, and requests in flight get up to STOP_GRACE_MS to be
+ * answered and sent (a resumed request is not yet an answered one, and
+ * MHD_stop_daemon would close it unanswered). What is still parked then is
+ * answered 503 shutting_down. */
 
 #include <errno.h>
 #include <microhttpd.h>
@@ -44,7 +50,8 @@
 #include "http/http.h"
 #include "http/internal.h"
 
-#define STOP_GRACE_MS 5000       /* how long wd_http_stop waits for store writes */
+#define STOP_GRACE_MS 5000       /* how long wd_http_stop lets requests in flight finish */
+#define STOP_ANSWER_MS 1000      /* and then how long it waits for the 503s it forced */
 #define CONNECTION_TIMEOUT_S 60u /* idle keep-alive connections; suspended ones are exempt */
 #define PUT_ATTEMPTS 3           /* create/update races retried before 409 */
 #define KEY_B64_LEN ((WD_KEY_BYTES + 2) / 3 * 4 + 1)
@@ -110,7 +117,8 @@ struct wd_http {
   bool stopping;
   pending_t *pending;
   size_t n_pending, n_resuming;
-  pthread_cond_t cond; /* signalled when n_pending or n_resuming drops */
+  size_t n_active;     /* requests between their first handler call and their completion */
+  pthread_cond_t cond; /* signalled when n_pending, n_resuming or n_active drops */
 };
 
 /* One lock for every server: the store callback may run after its server
@@ -142,6 +150,10 @@ static enum MHD_Result answer(wd_http_req_t *r, unsigned status, char *body, con
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  pthread_mutex_lock(&g_lock);
+  bool stopping = r->h->stopping;
+  pthread_mutex_unlock(&g_lock);
+  if (stopping) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
   if (status == MHD_HTTP_UNAUTHORIZED) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
@@ -527,6 +539,9 @@ static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const c
   r->method = method;
   r->url = url;
   r->state = REQ_OPEN;
+  pthread_mutex_lock(&g_lock);
+  h->n_active++;
+  pthread_mutex_unlock(&g_lock);
   return r;
 }
 
@@ -666,8 +681,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 }
 
 /* HTTP thread (or the thread stopping the daemon). A request is never
- * completed while suspended; one resumed by wd_http_stop may be completed
- * without its handler running again, so its result is dropped here. */
+ * completed while suspended; one resumed just before MHD_stop_daemon may be
+ * completed without its handler running again, so its result is dropped here. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls;
@@ -675,11 +690,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   (void)toe;
   wd_http_req_t *r = *con_cls;
   if (!r) return;
-  if (r->state == REQ_WAITING) {
-    pthread_mutex_lock(&g_lock);
-    if (r->pending) pending_unlink(r->pending); /* not expected; keeps the callback off freed memory */
-    pthread_mutex_unlock(&g_lock);
-  }
+  wd_http_t *h = r->h;
+  pthread_mutex_lock(&g_lock);
+  if (r->pending) pending_unlink(r->pending); /* not expected; keeps the callback off freed memory */
+  h->n_active--;
+  pthread_cond_broadcast(&h->cond);
+  pthread_mutex_unlock(&g_lock);
   req_free(r);
   *con_cls = NULL;
 }
@@ -844,6 +860,26 @@ int wd_http_start(const wd_http_config_t *cfg, wd_store_t *store, const wd_http_
 
 uint16_t wd_http_port(const wd_http_t *h) { return h ? h->port : 0; }
 
+/* Waits, g_lock held, until *count is 0 or the monotonic deadline passes. */
+static void wait_zero(wd_http_t *h, const size_t *count, const struct timespec *deadline) {
+  while (*count > 0) {
+    if (!deadline) pthread_cond_wait(&h->cond, &g_lock);
+    else if (pthread_cond_timedwait(&h->cond, &g_lock, deadline) == ETIMEDOUT) break;
+  }
+}
+
+static struct timespec deadline_in(int ms) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  t.tv_sec += ms / 1000;
+  t.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (t.tv_nsec >= 1000000000L) {
+    t.tv_sec++;
+    t.tv_nsec -= 1000000000L;
+  }
+  return t;
+}
+
 void wd_http_stop(wd_http_t *h) {
   if (!h) return;
   pthread_mutex_lock(&g_lock);
@@ -853,14 +889,10 @@ void wd_http_stop(wd_http_t *h) {
   MHD_socket ls = MHD_quiesce_daemon(h->daemon);
   if (ls != MHD_INVALID_SOCKET) close(ls);
 
-  /* Let writes already with the store finish and answer for real. */
-  struct timespec deadline;
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += STOP_GRACE_MS / 1000;
+  /* Let requests in flight, writes with the store included, finish for real. */
+  struct timespec grace = deadline_in(STOP_GRACE_MS);
   pthread_mutex_lock(&g_lock);
-  while (h->n_pending > 0) {
-    if (pthread_cond_timedwait(&h->cond, &g_lock, &deadline) == ETIMEDOUT) break;
-  }
+  wait_zero(h, &h->n_active, &grace);
   if (h->n_pending > 0)
     wd_log("http", WD_LOG_WARNING, "%zu requests still wait for the store; answering 503", h->n_pending);
   /* What is left is answered 503; its store callbacks, whenever they come,
@@ -876,7 +908,11 @@ void wd_http_stop(wd_http_t *h) {
     resume(h, conn);
     pthread_mutex_lock(&g_lock);
   }
-  while (h->n_resuming > 0) pthread_cond_wait(&h->cond, &g_lock);
+  /* MHD_stop_daemon aborts on a connection still suspended: no resume may be
+   * half done when it runs. Then give the forced answers a moment to go out. */
+  wait_zero(h, &h->n_resuming, NULL);
+  struct timespec answer_by = deadline_in(STOP_ANSWER_MS);
+  wait_zero(h, &h->n_active, &answer_by);
   pthread_mutex_unlock(&g_lock);
 
   MHD_stop_daemon(h->daemon);

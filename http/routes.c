@@ -207,7 +207,7 @@ int wd_http__device_body_parse(const char *body, size_t len, const char *id,
   json_t *root = NULL;
   if (!blank) {
     json_error_t jerr;
-    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root) {
       snprintf(msg, msgcap, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
       return WD_ERR_INVALID;

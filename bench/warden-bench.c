@@ -1,0 +1,815 @@
+/* warden-bench: load generator for warden's telemetry path (AMQP 1.0, Qpid Proton proactor).
+ *
+ *   warden-bench ingest --port P --devices FILE [--connections N] [--window W] [--size S] [--messages M]
+ *   warden-bench drain  --port P --user NAME (--password PW | --password-file F) [--group G] [--window W]
+ *                       [--messages M]
+ *
+ * ingest: N device connections (SASL PLAIN, username = device id, password = a SAS token built from the
+ * device's key), each with a sender on `telemetry` keeping up to W unsettled messages in flight. M messages
+ * in total are drawn from one shared pool, so a slow connection does not hold the run back. Every message must
+ * be settled `accepted`; any other outcome, and anything in flight when a connection is lost, is an error.
+ * Reports throughput (first send to last settlement) and the send-to-accepted latency percentiles.
+ *
+ * drain: one service connection with a receiver on `telemetry/<group>`, credit window W, accepting each
+ * message, until M messages are read. Reports msgs/s from the link's attach to the M-th message.
+ *
+ * Output: one JSON object on stdout, one human line on stderr. Exit 0 only if everything completed without
+ * error before --timeout; 1 otherwise; 2 on bad usage. */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <proton/codec.h>
+#include <proton/condition.h>
+#include <proton/connection.h>
+#include <proton/delivery.h>
+#include <proton/disposition.h>
+#include <proton/event.h>
+#include <proton/link.h>
+#include <proton/message.h>
+#include <proton/proactor.h>
+#include <proton/sasl.h>
+#include <proton/session.h>
+#include <proton/terminus.h>
+#include <proton/transport.h>
+
+#include "gateway/base/util.h"
+#include "protocol/sas.h"
+
+#define MAX_THREADS 16
+#define TICK_MS 250
+#define GRACE_MS 5000 /* after --timeout: time allowed for connections to close */
+
+typedef enum { SC_INGEST, SC_DRAIN } scenario_t;
+
+/* ------------------------------------------------------------------ options */
+
+static struct {
+  scenario_t scenario;
+  const char *host, *port;
+  const char *devices_file, *sas_host, *address;
+  const char *user, *password, *password_file, *group;
+  long connections, window, size, messages, timeout_s, threads, progress_s;
+  bool verify;
+} opt = {
+    .host = "127.0.0.1",
+    .sas_host = "localhost",
+    .address = "telemetry",
+    .group = "bench",
+    .connections = 1,
+    .window = 100,
+    .size = 256,
+    .messages = 10000,
+    .timeout_s = 120,
+    .threads = 1,
+};
+
+/* ------------------------------------------------------------------ shared state */
+
+typedef struct bench_conn {
+  int index;
+  char *device_id;
+  char *password;
+  pn_connection_t *pn;
+  pn_link_t *link;
+  long inflight;      /* ingest: unsettled deliveries on the link */
+  uint64_t next_tag;  /* ingest: delivery tag counter */
+  bool closing;
+  bool failed;
+} bench_conn_t;
+
+static pn_proactor_t *proactor;
+static bench_conn_t *conns;
+static long n_conns;
+
+static atomic_long pool;          /* ingest: messages not yet claimed by a sender */
+static atomic_long sent;          /* ingest: messages sent */
+static atomic_long completed;     /* accepted (ingest) / received and accepted (drain) */
+static atomic_long errors;        /* non-accepted outcomes, lost in-flight, malformed */
+static atomic_long conn_failures; /* connections closed with an error condition */
+static atomic_long live_conns;
+static atomic_int timed_out;
+static atomic_int stopping;
+static atomic_int_least64_t t_start_ns;      /* first send (ingest) / receiver attached (drain); 0 = unset */
+static atomic_int_least64_t t_last_ns;       /* last settlement / last message */
+static atomic_int_least64_t t_prev_event_ns; /* for max_gap */
+static atomic_int_least64_t max_gap_ns;      /* longest pause between two completions */
+static int64_t t_launch_ns;
+
+static uint64_t *latencies; /* ingest: ns from send to ACCEPTED, one per accepted message */
+static atomic_long n_latencies;
+
+static uint8_t *msg_template; /* ingest: one encoded message; the payload is its last opt.size bytes */
+static size_t msg_len;
+
+/* drain --verify */
+static atomic_long duplicates;
+static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t *seen_bits;
+static size_t seen_cap; /* bits */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static int failure_reports;
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void atomic_max64(atomic_int_least64_t *a, int64_t v) {
+  int64_t cur = atomic_load(a);
+  while (v > cur && !atomic_compare_exchange_weak(a, &cur, v)) {
+  }
+}
+
+static void mark_start(int64_t t) {
+  int64_t zero = 0;
+  if (atomic_compare_exchange_strong(&t_start_ns, &zero, t)) atomic_store(&t_prev_event_ns, t);
+}
+
+static void mark_completion(int64_t t) {
+  atomic_max64(&t_last_ns, t);
+  int64_t prev = atomic_exchange(&t_prev_event_ns, t);
+  if (prev && t > prev) atomic_max64(&max_gap_ns, t - prev);
+}
+
+static void report_failure(const bench_conn_t *bc, const char *what, pn_condition_t *cond) {
+  pthread_mutex_lock(&log_lock);
+  if (failure_reports++ < 10)
+    fprintf(stderr, "warden-bench: connection %d (%s): %s: %s: %s\n", bc->index,
+            bc->device_id ? bc->device_id : opt.user, what,
+            cond && pn_condition_is_set(cond) ? pn_condition_get_name(cond) : "(no condition)",
+            cond && pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
+  else if (failure_reports == 11)
+    fprintf(stderr, "warden-bench: (further connection failures not shown)\n");
+  pthread_mutex_unlock(&log_lock);
+}
+
+/* ------------------------------------------------------------------ ingest */
+
+static int build_template(void) {
+  pn_message_t *m = pn_message();
+  if (!m) return -1;
+  uint8_t *payload = malloc((size_t)opt.size ? (size_t)opt.size : 1);
+  if (!payload) {
+    pn_message_free(m);
+    return -1;
+  }
+  for (long i = 0; i < opt.size; i++) payload[i] = (uint8_t)('a' + i % 26);
+  pn_message_set_durable(m, true);
+  pn_message_set_content_type(m, "application/octet-stream");
+  pn_message_set_inferred(m, true); /* binary body as a Data section, not an AmqpValue */
+  pn_data_put_binary(pn_message_body(m), pn_bytes((size_t)opt.size, (const char *)payload));
+  size_t cap = (size_t)opt.size + 256;
+  int rc;
+  for (;;) {
+    msg_template = realloc(msg_template, cap);
+    if (!msg_template) break;
+    msg_len = cap;
+    rc = pn_message_encode(m, (char *)msg_template, &msg_len);
+    if (rc != PN_OVERFLOW) break;
+    cap *= 2;
+  }
+  pn_message_free(m);
+  bool ok = msg_template && rc == 0 && msg_len >= (size_t)opt.size &&
+            memcmp(msg_template + msg_len - (size_t)opt.size, payload, (size_t)opt.size) == 0;
+  free(payload);
+  if (!ok) fprintf(stderr, "warden-bench: cannot encode the message template\n");
+  return ok ? 0 : -1;
+}
+
+/* Stamps connection index and per-link sequence into the payload (when it has room), then sends. */
+static void send_one(bench_conn_t *bc) {
+  uint64_t tag_n = bc->next_tag++;
+  uint8_t tag[8];
+  for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(tag_n >> (56 - 8 * b));
+  pn_delivery_t *d = pn_delivery(bc->link, pn_dtag((const char *)tag, sizeof tag));
+  if (opt.size >= 16) {
+    uint8_t *p = msg_template + msg_len - (size_t)opt.size;
+    uint64_t ci = (uint64_t)bc->index;
+    memcpy(p, &ci, 8);
+    memcpy(p + 8, &tag_n, 8);
+  }
+  int64_t t = now_ns();
+  mark_start(t);
+  pn_delivery_set_context(d, (void *)(uintptr_t)t);
+  pn_link_send(bc->link, (const char *)msg_template, msg_len);
+  pn_link_advance(bc->link);
+  bc->inflight++;
+  atomic_fetch_add(&sent, 1);
+}
+
+static void close_conn(bench_conn_t *bc) {
+  if (bc->closing || !bc->pn) return;
+  bc->closing = true;
+  if (bc->link) pn_link_close(bc->link);
+  pn_connection_close(bc->pn);
+}
+
+static void ingest_pump(bench_conn_t *bc) {
+  if (bc->closing || !bc->link || atomic_load(&stopping)) return;
+  while (pn_link_credit(bc->link) > 0 && bc->inflight < opt.window) {
+    long left = atomic_fetch_sub(&pool, 1);
+    if (left <= 0) {
+      atomic_fetch_add(&pool, 1);
+      break;
+    }
+    send_one(bc);
+  }
+  if (bc->inflight == 0 && atomic_load(&pool) <= 0) close_conn(bc);
+}
+
+static void ingest_settled(bench_conn_t *bc, pn_delivery_t *d) {
+  uint64_t state = pn_delivery_remote_state(d);
+  int64_t t = now_ns();
+  if (state == PN_ACCEPTED) {
+    int64_t t0 = (int64_t)(uintptr_t)pn_delivery_get_context(d);
+    long i = atomic_fetch_add(&n_latencies, 1);
+    if (i < opt.messages) latencies[i] = (uint64_t)(t - t0);
+    atomic_fetch_add(&completed, 1);
+  } else {
+    atomic_fetch_add(&errors, 1);
+    pthread_mutex_lock(&log_lock);
+    if (failure_reports++ < 10) {
+      pn_condition_t *cond = pn_disposition_condition(pn_delivery_remote(d));
+      fprintf(stderr, "warden-bench: %s: delivery settled %s%s%s%s%s\n", bc->device_id, pn_disposition_type_name(state),
+              pn_condition_is_set(cond) ? " " : "", pn_condition_is_set(cond) ? pn_condition_get_name(cond) : "",
+              pn_condition_get_description(cond) ? ": " : "",
+              pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
+    }
+    pthread_mutex_unlock(&log_lock);
+  }
+  mark_completion(t);
+  pn_delivery_settle(d);
+  bc->inflight--;
+}
+
+/* ------------------------------------------------------------------ drain */
+
+static void seen_mark(uint64_t seq) {
+  pthread_mutex_lock(&seen_lock);
+  if (seq >= seen_cap) {
+    size_t cap = seen_cap ? seen_cap : 1 << 20;
+    while (cap <= seq) cap *= 2;
+    uint8_t *b = realloc(seen_bits, cap / 8);
+    if (!b) {
+      pthread_mutex_unlock(&seen_lock);
+      return;
+    }
+    memset(b + seen_cap / 8, 0, (cap - seen_cap) / 8);
+    seen_bits = b;
+    seen_cap = cap;
+  }
+  if (seen_bits[seq / 8] & (1u << (seq % 8)))
+    atomic_fetch_add(&duplicates, 1);
+  else
+    seen_bits[seq / 8] |= (uint8_t)(1u << (seq % 8));
+  pthread_mutex_unlock(&seen_lock);
+}
+
+/* --verify: the message decodes, carries x-opt-device-id and x-opt-sequence-number, and (with --size) its
+ * Data body has that size. Returns false on a malformed message. */
+static bool verify_message(const char *buf, size_t len) {
+  pn_message_t *m = pn_message();
+  bool ok = m && pn_message_decode(m, buf, len) == 0;
+  bool have_dev = false, have_seq = false;
+  if (ok) {
+    pn_data_t *ann = pn_message_annotations(m);
+    pn_data_rewind(ann);
+    if (pn_data_next(ann) && pn_data_type(ann) == PN_MAP) {
+      size_t n = pn_data_get_map(ann);
+      pn_data_enter(ann);
+      for (size_t i = 0; i + 1 < n; i += 2) {
+        if (!pn_data_next(ann)) break;
+        pn_bytes_t key = pn_data_type(ann) == PN_SYMBOL ? pn_data_get_symbol(ann) : pn_bytes(0, NULL);
+        if (!pn_data_next(ann)) break;
+        if (key.size == 15 && memcmp(key.start, "x-opt-device-id", 15) == 0) have_dev = true;
+        if (key.size == 21 && memcmp(key.start, "x-opt-sequence-number", 21) == 0) {
+          int64_t seq = pn_data_type(ann) == PN_LONG ? pn_data_get_long(ann)
+                        : pn_data_type(ann) == PN_ULONG ? (int64_t)pn_data_get_ulong(ann) : -1;
+          if (seq >= 0) {
+            have_seq = true;
+            seen_mark((uint64_t)seq);
+          }
+        }
+      }
+      pn_data_exit(ann);
+    }
+    ok = have_dev && have_seq;
+    if (ok && opt.size >= 0) {
+      pn_data_t *body = pn_message_body(m);
+      pn_data_rewind(body);
+      ok = pn_data_next(body) && pn_data_type(body) == PN_BINARY && (long)pn_data_get_binary(body).size == opt.size;
+    }
+  }
+  if (m) pn_message_free(m);
+  return ok;
+}
+
+static void drain_top_up(bench_conn_t *bc) {
+  long want = opt.messages - atomic_load(&completed);
+  int credit = pn_link_credit(bc->link);
+  long target = want < opt.window ? want : opt.window;
+  if (credit <= opt.window / 2 && target > credit) pn_link_flow(bc->link, (int)(target - credit));
+}
+
+static void drain_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
+  static _Thread_local char *buf;
+  static _Thread_local size_t cap;
+  if (pn_delivery_aborted(d)) {
+    pn_delivery_settle(d);
+    atomic_fetch_add(&errors, 1);
+    return;
+  }
+  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
+  size_t pending = pn_delivery_pending(d);
+  if (pending > cap) {
+    char *nb = realloc(buf, pending);
+    if (!nb) return;
+    buf = nb;
+    cap = pending;
+  }
+  ssize_t n = pn_link_recv(l, buf, pending);
+  pn_link_advance(l);
+  bool ok = n >= 0 && (!opt.verify || verify_message(buf, (size_t)n));
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  if (!ok) atomic_fetch_add(&errors, 1);
+  long done = atomic_fetch_add(&completed, 1) + 1;
+  mark_completion(now_ns());
+  if (done >= opt.messages)
+    close_conn(bc);
+  else
+    drain_top_up(bc);
+}
+
+/* ------------------------------------------------------------------ events */
+
+static void stop_all(void) {
+  if (atomic_exchange(&stopping, 1)) return;
+  pn_proactor_disconnect(proactor, NULL);
+}
+
+static void finish(void) {
+  pn_proactor_cancel_timeout(proactor);
+  pn_proactor_interrupt(proactor);
+}
+
+static void on_tick(void) {
+  int64_t t = now_ns();
+  double elapsed = (double)(t - t_launch_ns) / 1e9;
+  static double last_progress;
+  if (opt.progress_s > 0 && elapsed - last_progress >= (double)opt.progress_s) {
+    last_progress = elapsed;
+    fprintf(stderr, "warden-bench: %.1fs: %ld completed, %ld errors, %ld connections live\n", elapsed,
+            atomic_load(&completed), atomic_load(&errors), atomic_load(&live_conns));
+  }
+  if (atomic_load(&timed_out)) {
+    /* Grace period over: connections did not close. Give up on them. */
+    if (elapsed > (double)opt.timeout_s + GRACE_MS / 1000.0) {
+      fprintf(stderr, "warden-bench: connections did not close within %d ms of the timeout\n", GRACE_MS);
+      finish();
+      return;
+    }
+  } else if (elapsed >= (double)opt.timeout_s) {
+    atomic_store(&timed_out, 1);
+    fprintf(stderr, "warden-bench: timeout after %ld s: %ld of %ld messages completed\n", opt.timeout_s,
+            atomic_load(&completed), opt.messages);
+    stop_all();
+  }
+  pn_proactor_set_timeout(proactor, TICK_MS);
+}
+
+static void on_open(bench_conn_t *bc) {
+  pn_connection_t *c = bc->pn;
+  pn_session_t *s = pn_session(c);
+  pn_session_open(s);
+  if (opt.scenario == SC_INGEST) {
+    pn_link_t *l = pn_sender(s, "bench-telemetry");
+    pn_terminus_set_address(pn_link_target(l), opt.address);
+    pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+    pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+    pn_link_open(l);
+    bc->link = l;
+  } else {
+    char addr[300];
+    snprintf(addr, sizeof addr, "telemetry/%s", opt.group);
+    pn_link_t *l = pn_receiver(s, "bench-drain");
+    pn_terminus_set_address(pn_link_source(l), addr);
+    pn_terminus_set_address(pn_link_target(l), "bench-drain");
+    pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+    pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+    pn_link_open(l);
+    bc->link = l;
+    long target = opt.messages < opt.window ? opt.messages : opt.window;
+    pn_link_flow(l, (int)target);
+  }
+}
+
+/* Returns false when this thread should leave its loop. */
+static bool handle(pn_event_t *e) {
+  pn_connection_t *c = pn_event_connection(e);
+  bench_conn_t *bc = c ? pn_connection_get_context(c) : NULL;
+  switch (pn_event_type(e)) {
+    case PN_CONNECTION_INIT:
+      pn_connection_open(c);
+      if (bc) on_open(bc);
+      break;
+
+    case PN_LINK_REMOTE_OPEN: {
+      pn_link_t *l = pn_event_link(e);
+      if (opt.scenario == SC_DRAIN && pn_link_is_receiver(l)) mark_start(now_ns());
+      break;
+    }
+
+    case PN_LINK_FLOW:
+      if (bc && opt.scenario == SC_INGEST && pn_link_is_sender(pn_event_link(e))) ingest_pump(bc);
+      break;
+
+    case PN_DELIVERY: {
+      pn_delivery_t *d = pn_event_delivery(e);
+      pn_link_t *l = pn_event_link(e);
+      if (!bc) break;
+      if (pn_link_is_sender(l)) {
+        uint64_t st = pn_delivery_remote_state(d);
+        if (pn_delivery_settled(d) || st == PN_ACCEPTED || st == PN_REJECTED || st == PN_RELEASED ||
+            st == PN_MODIFIED) {
+          ingest_settled(bc, d);
+          ingest_pump(bc);
+        }
+      } else {
+        drain_delivery(bc, l, d);
+      }
+      break;
+    }
+
+    case PN_LINK_REMOTE_CLOSE:
+    case PN_LINK_REMOTE_DETACH: {
+      pn_link_t *l = pn_event_link(e);
+      if (bc && !bc->closing) {
+        report_failure(bc, "link closed by warden", pn_link_remote_condition(l));
+        bc->failed = true;
+        close_conn(bc);
+      }
+      break;
+    }
+
+    case PN_SESSION_REMOTE_CLOSE:
+      if (bc && !bc->closing) {
+        report_failure(bc, "session closed by warden", pn_session_remote_condition(pn_event_session(e)));
+        bc->failed = true;
+        close_conn(bc);
+      }
+      break;
+
+    case PN_CONNECTION_REMOTE_CLOSE:
+      if (bc && !bc->closing) {
+        report_failure(bc, "connection closed by warden", pn_connection_remote_condition(c));
+        bc->failed = true;
+        close_conn(bc);
+      } else if (bc && pn_condition_is_set(pn_connection_remote_condition(c))) {
+        report_failure(bc, "connection closed by warden", pn_connection_remote_condition(c));
+        bc->failed = true;
+      }
+      break;
+
+    case PN_TRANSPORT_ERROR:
+      if (bc && !atomic_load(&stopping))
+        report_failure(bc, "transport error", pn_transport_condition(pn_event_transport(e)));
+      if (bc) bc->failed = true;
+      break;
+
+    case PN_TRANSPORT_CLOSED:
+      if (bc) {
+        if (bc->failed || (!bc->closing && !atomic_load(&stopping))) atomic_fetch_add(&conn_failures, 1);
+        if (bc->inflight > 0) atomic_fetch_add(&errors, bc->inflight); /* unsettled: outcome unknown */
+        bc->inflight = 0;
+        bc->pn = NULL;
+        bc->link = NULL;
+        if (atomic_fetch_sub(&live_conns, 1) == 1) finish();
+      }
+      break;
+
+    case PN_PROACTOR_TIMEOUT:
+      on_tick();
+      break;
+
+    case PN_PROACTOR_INACTIVE:
+      finish();
+      break;
+
+    case PN_PROACTOR_INTERRUPT:
+      return false; /* the worker passes it on to the next thread after leaving the batch */
+
+    default:
+      break;
+  }
+  return true;
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  for (bool go = true; go;) {
+    pn_event_batch_t *b = pn_proactor_wait(proactor);
+    pn_event_t *e;
+    while ((e = pn_event_batch_next(b)))
+      if (!handle(e)) go = false;
+    pn_proactor_done(proactor, b);
+  }
+  /* Interrupts coalesce: wake the next thread only now (inside the batch it would be re-delivered here). */
+  if (opt.threads > 1) pn_proactor_interrupt(proactor);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static char *trim(char *s) {
+  while (*s == ' ' || *s == '\t') s++;
+  size_t n = strlen(s);
+  while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+  return s;
+}
+
+/* Reads `device_id base64key` lines; builds a SAS token for each of the first opt.connections. */
+static int load_devices(void) {
+  FILE *f = fopen(opt.devices_file, "r");
+  if (!f) {
+    fprintf(stderr, "warden-bench: %s: %s\n", opt.devices_file, strerror(errno));
+    return -1;
+  }
+  char line[1024];
+  long n = 0, lineno = 0;
+  int64_t expiry = (int64_t)time(NULL) + opt.timeout_s + 3600;
+  while (n < opt.connections && fgets(line, sizeof line, f)) {
+    lineno++;
+    char *s = trim(line);
+    if (!*s || *s == '#') continue;
+    char *sp = strpbrk(s, " \t");
+    if (!sp) goto bad;
+    *sp = '\0';
+    char *key64 = trim(sp + 1);
+    uint8_t key[64];
+    int klen = wd_base64_decode(key64, strlen(key64), key, sizeof key);
+    if (klen != WD_KEY_BYTES || !wd_id_valid(s)) goto bad;
+    conns[n].device_id = strdup(s);
+    conns[n].password = wd_sas_build(opt.sas_host, s, key, expiry);
+    explicit_bzero(key, sizeof key);
+    if (!conns[n].device_id || !conns[n].password) {
+      fclose(f);
+      fprintf(stderr, "warden-bench: cannot build a SAS token for %s\n", s);
+      return -1;
+    }
+    n++;
+    continue;
+  bad:
+    fclose(f);
+    fprintf(stderr, "warden-bench: %s:%ld: expected 'device_id base64key' with a 32-byte key\n", opt.devices_file,
+            lineno);
+    return -1;
+  }
+  fclose(f);
+  if (n < opt.connections) {
+    fprintf(stderr, "warden-bench: %s has %ld devices, %ld connections asked for\n", opt.devices_file, n,
+            opt.connections);
+    return -1;
+  }
+  return 0;
+}
+
+static void start_connection(bench_conn_t *bc) {
+  pn_connection_t *c = pn_connection();
+  pn_transport_t *t = pn_transport();
+  char container[160];
+  snprintf(container, sizeof container, "warden-bench-%ld-%d", (long)getpid(), bc->index);
+  pn_connection_set_container(c, container);
+  pn_connection_set_hostname(c, opt.sas_host);
+  pn_connection_set_user(c, bc->device_id ? bc->device_id : opt.user);
+  pn_connection_set_password(c, bc->password);
+  pn_sasl_t *s = pn_sasl(t);
+  pn_sasl_allowed_mechs(s, "PLAIN");
+  pn_sasl_set_allow_insecure_mechs(s, true);
+  pn_connection_set_context(c, bc);
+  bc->pn = c;
+  char addr[300];
+  pn_proactor_addr(addr, sizeof addr, opt.host, opt.port);
+  pn_proactor_connect2(proactor, c, t, addr);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double percentile_ms(const uint64_t *v, long n, double p) {
+  if (n <= 0) return NAN;
+  long rank = (long)ceil(p * (double)n);
+  if (rank < 1) rank = 1;
+  if (rank > n) rank = n;
+  return (double)v[rank - 1] / 1e6;
+}
+
+static void json_num(const char *name, double v, bool last) {
+  if (isnan(v))
+    printf("\"%s\":null%s", name, last ? "" : ",");
+  else
+    printf("\"%s\":%.3f%s", name, v, last ? "" : ",");
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: warden-bench ingest --port P --devices FILE [options]\n"
+          "       warden-bench drain  --port P --user NAME (--password PW | --password-file F) [options]\n"
+          "\n"
+          "common:  --host H (127.0.0.1)  --port P  --window W (100)  --messages M (10000)\n"
+          "         --timeout SECONDS (120)  --threads T (1, proactor threads)  --progress SECONDS (0 = off)\n"
+          "ingest:  --devices FILE (lines 'device_id base64key')  --connections N (1)  --size BYTES (256)\n"
+          "         --sas-host NAME (localhost, warden's [gateway] hostname)  --address A (telemetry)\n"
+          "drain:   --user NAME  --password PW | --password-file F  --group G (bench)\n"
+          "         --verify (decode each message; check annotations, body size with --size, duplicates)\n");
+}
+
+static bool parse_long(const char *s, long min, long max, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || !*s || *end || v < min || v > max) return false;
+  *out = v;
+  return true;
+}
+
+static int parse_args(int argc, char **argv) {
+  if (argc < 2) return -1;
+  if (strcmp(argv[1], "ingest") == 0)
+    opt.scenario = SC_INGEST;
+  else if (strcmp(argv[1], "drain") == 0)
+    opt.scenario = SC_DRAIN;
+  else
+    return -1;
+  bool size_given = false;
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    bool ok = true, takes = true;
+    if (strcmp(a, "--host") == 0 && v) opt.host = v;
+    else if (strcmp(a, "--port") == 0 && v) opt.port = v;
+    else if (strcmp(a, "--devices") == 0 && v) opt.devices_file = v;
+    else if (strcmp(a, "--sas-host") == 0 && v) opt.sas_host = v;
+    else if (strcmp(a, "--address") == 0 && v) opt.address = v;
+    else if (strcmp(a, "--user") == 0 && v) opt.user = v;
+    else if (strcmp(a, "--password") == 0 && v) opt.password = v;
+    else if (strcmp(a, "--password-file") == 0 && v) opt.password_file = v;
+    else if (strcmp(a, "--group") == 0 && v) opt.group = v;
+    else if (strcmp(a, "--connections") == 0 && v) ok = parse_long(v, 1, 100000, &opt.connections);
+    else if (strcmp(a, "--window") == 0 && v) ok = parse_long(v, 1, 1000000, &opt.window);
+    else if (strcmp(a, "--size") == 0 && v) ok = (size_given = parse_long(v, 0, 64L << 20, &opt.size));
+    else if (strcmp(a, "--messages") == 0 && v) ok = parse_long(v, 1, 1000000000L, &opt.messages);
+    else if (strcmp(a, "--timeout") == 0 && v) ok = parse_long(v, 1, 86400, &opt.timeout_s);
+    else if (strcmp(a, "--threads") == 0 && v) ok = parse_long(v, 1, MAX_THREADS, &opt.threads);
+    else if (strcmp(a, "--progress") == 0 && v) ok = parse_long(v, 0, 86400, &opt.progress_s);
+    else if (strcmp(a, "--verify") == 0) opt.verify = true, takes = false;
+    else ok = false;
+    if (!ok) {
+      fprintf(stderr, "warden-bench: bad or incomplete argument '%s'\n", a);
+      return -1;
+    }
+    if (takes) i++;
+  }
+  if (!opt.port) {
+    fprintf(stderr, "warden-bench: --port is required\n");
+    return -1;
+  }
+  if (opt.scenario == SC_INGEST && !opt.devices_file) {
+    fprintf(stderr, "warden-bench: ingest needs --devices FILE\n");
+    return -1;
+  }
+  if (opt.scenario == SC_DRAIN) {
+    if (!opt.user || (!opt.password && !opt.password_file)) {
+      fprintf(stderr, "warden-bench: drain needs --user and --password or --password-file\n");
+      return -1;
+    }
+    opt.connections = 1;
+    if (!size_given) opt.size = -1; /* unknown: not checked, reported as null */
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    usage(stdout);
+    return 0;
+  }
+  if (parse_args(argc, argv) < 0) {
+    usage(stderr);
+    return 2;
+  }
+
+  n_conns = opt.connections;
+  conns = calloc((size_t)n_conns, sizeof *conns);
+  if (!conns) return 1;
+  for (long i = 0; i < n_conns; i++) conns[i].index = (int)i;
+
+  char *file_password = NULL;
+  if (opt.scenario == SC_INGEST) {
+    if (load_devices() < 0) return 2;
+    if (build_template() < 0) return 1;
+    latencies = malloc((size_t)opt.messages * sizeof *latencies);
+    if (!latencies) {
+      fprintf(stderr, "warden-bench: out of memory for %ld latency samples\n", opt.messages);
+      return 1;
+    }
+    atomic_store(&pool, opt.messages);
+  } else {
+    if (opt.password_file) {
+      size_t len;
+      file_password = wd_read_file(opt.password_file, &len);
+      if (!file_password) {
+        fprintf(stderr, "warden-bench: %s: %s\n", opt.password_file, strerror(errno));
+        return 2;
+      }
+      opt.password = trim(file_password);
+    }
+    conns[0].password = strdup(opt.password);
+  }
+
+  proactor = pn_proactor();
+  t_launch_ns = now_ns();
+  atomic_store(&live_conns, n_conns);
+  for (long i = 0; i < n_conns; i++) start_connection(&conns[i]);
+  pn_proactor_set_timeout(proactor, TICK_MS);
+
+  pthread_t th[MAX_THREADS];
+  long started = 0;
+  for (; started < opt.threads - 1; started++)
+    if (pthread_create(&th[started], NULL, worker, NULL) != 0) break;
+  worker(NULL);
+  for (long i = 0; i < started; i++) pthread_join(th[i], NULL);
+
+  /* ---- report */
+  long done = atomic_load(&completed), errs = atomic_load(&errors);
+  int64_t t0 = atomic_load(&t_start_ns), t1 = atomic_load(&t_last_ns);
+  double secs = t0 && t1 > t0 ? (double)(t1 - t0) / 1e9 : 0.0;
+  double rate = secs > 0 ? (double)done / secs : 0.0;
+  double p50 = NAN, p99 = NAN, p999 = NAN;
+  long nl = atomic_load(&n_latencies);
+  if (nl > opt.messages) nl = opt.messages;
+  if (opt.scenario == SC_INGEST && nl > 0) {
+    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
+    p50 = percentile_ms(latencies, nl, 0.50);
+    p99 = percentile_ms(latencies, nl, 0.99);
+    p999 = percentile_ms(latencies, nl, 0.999);
+  }
+  bool incomplete = done < opt.messages;
+  const char *name = opt.scenario == SC_INGEST ? "ingest" : "drain";
+
+  printf("{\"scenario\":\"%s\",\"connections\":%ld,\"window\":%ld,", name, n_conns, opt.window);
+  if (opt.size >= 0)
+    printf("\"size\":%ld,", opt.size);
+  else
+    printf("\"size\":null,");
+  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, done);
+  json_num("seconds", secs, false);
+  json_num("rate", rate, false);
+  json_num("p50_ms", p50, false);
+  json_num("p99_ms", p99, false);
+  json_num("p999_ms", p999, false);
+  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
+  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
+  if (opt.scenario == SC_DRAIN && opt.verify) printf("\"duplicates\":%ld,", atomic_load(&duplicates));
+  printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
+  fflush(stdout);
+
+  if (opt.scenario == SC_INGEST)
+    fprintf(stderr,
+            "warden-bench ingest: %ld conn x window %ld, %ld B: %ld/%ld accepted in %.2f s = %.0f msg/s; "
+            "latency p50 %.2f ms p99 %.2f ms p99.9 %.2f ms; %ld errors%s\n",
+            n_conns, opt.window, opt.size, done, opt.messages, secs, rate, p50, p99, p999, errs,
+            atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+  else
+    fprintf(stderr, "warden-bench drain: group %s, window %ld: %ld/%ld received in %.2f s = %.0f msg/s; %ld errors%s\n",
+            opt.group, opt.window, done, opt.messages, secs, rate, errs, atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+
+  pn_proactor_free(proactor);
+  for (long i = 0; i < n_conns; i++) {
+    free(conns[i].device_id);
+    if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
+    free(conns[i].password);
+  }
+  free(conns);
+  free(latencies);
+  free(msg_template);
+  free(seen_bits);
+  if (file_password) explicit_bzero(file_password, strlen(file_password));
+  free(file_password);
+  return errs || incomplete || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
+}
