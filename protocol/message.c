@@ -5,7 +5,6 @@
 
 #include "protocol/message.h"
 
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,24 +92,29 @@ static const uint8_t *section_code(const uint8_t *p, const uint8_t *end, unsigne
 
 /* True if an encoded map key is a symbol or string starting with "x-opt-". */
 static bool reserved_key(const uint8_t *k, const uint8_t *kend) {
-  const uint8_t *s;
+  const uint8_t *str;
   size_t n;
   if (k[0] == 0xa3 || k[0] == 0xa1) {
     n = k[1];
-    s = k + 2;
+    str = k + 2;
   } else if (k[0] == 0xb3 || k[0] == 0xb1) {
     n = be32(k + 1);
-    s = k + 5;
+    str = k + 5;
   } else {
     return false;
   }
-  return s + n <= kend && n >= 6 && memcmp(s, "x-opt-", 6) == 0;
+  return str + n <= kend && n >= 6 && memcmp(str, "x-opt-", 6) == 0;
 }
 
-static uint8_t *put_symbol(uint8_t *w, const char *s) {
+static uint8_t *put_str(uint8_t *w, uint8_t code8, uint8_t code32, const char *s) {
   size_t n = strlen(s);
-  *w++ = 0xa3;
-  *w++ = (uint8_t)n;
+  if (n <= 255) {
+    *w++ = code8;
+    *w++ = (uint8_t)n;
+  } else {
+    *w++ = code32;
+    for (int i = 3; i >= 0; i--) *w++ = (uint8_t)(n >> (8 * i));
+  }
   memcpy(w, s, n);
   return w + n;
 }
@@ -127,17 +131,48 @@ static void put_be32(uint8_t *w, uint32_t v) {
   w[3] = (uint8_t)v;
 }
 
-int wd_msg_annotate(const uint8_t *in, size_t len, const char *device_id, int64_t enqueued_ms, uint8_t **out,
-                    size_t *out_len, size_t *seq_offset) {
+/* Section order (part 3.2): header, delivery-annotations, message-annotations,
+ * properties, application-properties, then the body - data sections, or
+ * amqp-sequence sections, or one amqp-value - and last an optional footer. */
+static bool in_order(unsigned last, unsigned code) {
+  bool last_body = last >= 0x75 && last <= 0x77, body = code >= 0x75 && code <= 0x77;
+  if (last_body && body && code != last) return false;
+  return code > last || (code == last && (code == 0x75 || code == 0x76));
+}
+
+/* A compound's element count and first element (list or map, any width). */
+static bool compound(const uint8_t *v, const uint8_t *end, size_t *count, const uint8_t **first) {
+  if (v[0] == 0x45 || v[0] == 0x40) { /* list0, or null as an empty map */
+    *count = 0;
+    *first = v + 1;
+    return true;
+  }
+  if ((v[0] == 0xc0 || v[0] == 0xc1) && end - v >= 3) {
+    *count = v[2];
+    *first = v + 3;
+    return true;
+  }
+  if ((v[0] == 0xd0 || v[0] == 0xd1) && end - v >= 9) {
+    *count = be32(v + 5);
+    *first = v + 9;
+    return true;
+  }
+  return false;
+}
+
+static size_t ann_size(const wd_msg_ann_t *a) {
+  return 5 + strlen(a->key) + 9 + (a->type == WD_ANN_STRING ? strlen(a->str) + 5 : 0);
+}
+
+int wd_msg_rewrite(const uint8_t *in, size_t len, const wd_msg_rewrite_t *how, uint8_t **out, size_t *out_len,
+                   size_t *seq_offset) {
   const uint8_t *p = in, *end = in + len;
   const uint8_t *header = NULL, *header_end = NULL, *ann = NULL, *ann_end = NULL;
+  const uint8_t *props = NULL, *props_end = NULL, *props_section = NULL, *rest = NULL;
   unsigned code, last = 0;
-  /* Sections before the properties: header, delivery-annotations, message-annotations. */
   while (p < end) {
     const uint8_t *value = section_code(p, end, &code);
-    if (!value) return WD_ERR_INVALID;
-    if (code < SECTION_HEADER || code > 0x78 || (last && code <= last)) return WD_ERR_INVALID;
-    if (code >= SECTION_PROPERTIES) break;
+    if (!value || code < SECTION_HEADER || code > 0x78 || (last && !in_order(last, code))) return WD_ERR_INVALID;
     const uint8_t *next = skip(value, end, 0);
     if (!next) return WD_ERR_INVALID;
     if (code == SECTION_HEADER) {
@@ -146,84 +181,144 @@ int wd_msg_annotate(const uint8_t *in, size_t len, const char *device_id, int64_
     } else if (code == SECTION_MESSAGE_ANNOTATIONS) {
       ann = value;
       ann_end = next;
+    } else if (code == SECTION_PROPERTIES) {
+      props_section = p;
+      props = value;
+      props_end = next;
     }
+    if (code > SECTION_PROPERTIES && !rest) rest = p;
     last = code;
     p = next;
   }
-  const uint8_t *rest = p;
-  /* Validate the remaining sections' framing and order too. */
-  while (p < end) {
-    const uint8_t *value = section_code(p, end, &code);
-    if (!value || code < SECTION_PROPERTIES || code > 0x78 || (last && code <= last && code < 0x75))
-      return WD_ERR_INVALID;
-    if (!(p = skip(value, end, 0))) return WD_ERR_INVALID;
-    last = code;
-  }
+  if (!rest) rest = end;
 
-  /* The sender's own annotations, minus reserved keys. */
-  const uint8_t *entries = NULL;
-  size_t count = 0;
-  if (ann) {
-    if (ann[0] == 0xc1 && ann_end - ann >= 3) {
-      count = ann[2];
-      entries = ann + 3;
-    } else if (ann[0] == 0xd1 && ann_end - ann >= 9) {
-      count = be32(ann + 5);
-      entries = ann + 9;
-    } else if (ann[0] != 0x40) { /* null is an empty map */
-      return WD_ERR_INVALID;
-    }
-    if (count % 2) return WD_ERR_INVALID;
-  }
+  size_t ann_count = 0, props_count = 0;
+  const uint8_t *ann_first = NULL, *props_first = NULL;
+  /* Annotations are a map (or null); properties a list. */
+  if (ann && (!compound(ann, ann_end, &ann_count, &ann_first) || ann_count % 2 ||
+              !(ann[0] == 0x40 || ann[0] == 0xc1 || ann[0] == 0xd1)))
+    return WD_ERR_INVALID;
+  if (props && (!compound(props, props_end, &props_count, &props_first) ||
+                !(props[0] == 0x45 || props[0] == 0xc0 || props[0] == 0xd0)))
+    return WD_ERR_INVALID;
+  /* A message-id is wanted when there are no properties, or the first field is null or absent. */
+  bool set_id = how->message_id && (!props || props_count == 0 || props_first[0] == 0x40);
 
-  size_t id_len = strlen(device_id);
-  if (id_len > 255) return WD_ERR_INVALID;
-  size_t cap = (size_t)(header_end - header) + (size_t)(ann_end - ann) + (size_t)(end - rest) + id_len + 128;
+  size_t cap = (size_t)(end - in) + 64 + (how->message_id ? strlen(how->message_id) + 8 : 0);
+  for (size_t i = 0; i < how->n_add; i++) cap += ann_size(&how->add[i]);
   uint8_t *buf = malloc(cap), *w = buf;
   if (!buf) return WD_ERR_NOMEM;
-  if (header) {
+  *seq_offset = SIZE_MAX;
+  if (header && !how->drop_header) {
     memcpy(w, header, (size_t)(header_end - header));
     w += header_end - header;
   }
-  *w++ = 0x00;
-  *w++ = 0x53;
-  *w++ = SECTION_MESSAGE_ANNOTATIONS;
-  *w++ = 0xd1;
-  uint8_t *size_at = w;
-  w += 8; /* size and count, filled below */
+
+  /* Message annotations: the sender's (less reserved keys), then ours. */
   uint32_t kept = 0;
-  const uint8_t *e = entries;
-  for (size_t i = 0; i < count; i += 2) {
+  uint8_t *size_at = NULL;
+  if (ann_count > 0 || how->n_add > 0) {
+    *w++ = 0x00;
+    *w++ = 0x53;
+    *w++ = SECTION_MESSAGE_ANNOTATIONS;
+    *w++ = 0xd1;
+    size_at = w;
+    w += 8;
+  }
+  const uint8_t *e = ann_first;
+  for (size_t i = 0; i < ann_count; i += 2) {
     const uint8_t *k = e, *v = skip(k, ann_end, 0);
     const uint8_t *next = v ? skip(v, ann_end, 0) : NULL;
     if (!next) {
       free(buf);
       return WD_ERR_INVALID;
     }
-    if (!reserved_key(k, v)) {
+    if (!(how->strip_reserved && reserved_key(k, v))) {
       memcpy(w, k, (size_t)(next - k));
       w += next - k;
       kept += 2;
     }
     e = next;
   }
-  w = put_symbol(w, "x-opt-device-id");
-  *w++ = 0xa1;
-  *w++ = (uint8_t)id_len;
-  memcpy(w, device_id, id_len);
-  w += id_len;
-  w = put_symbol(w, "x-opt-enqueued-time");
-  *w++ = 0x83;
-  w = put_be64(w, (uint64_t)enqueued_ms);
-  w = put_symbol(w, "x-opt-sequence-number");
-  *w++ = 0x80;
-  *seq_offset = (size_t)(w - buf);
-  w = put_be64(w, 0);
-  put_be32(size_at, (uint32_t)(w - size_at - 4));
-  put_be32(size_at + 4, kept + 6);
+  for (size_t i = 0; i < how->n_add; i++) {
+    const wd_msg_ann_t *a = &how->add[i];
+    w = put_str(w, 0xa3, 0xb3, a->key);
+    if (a->type == WD_ANN_STRING) {
+      w = put_str(w, 0xa1, 0xb1, a->str);
+    } else {
+      *w++ = a->type == WD_ANN_TIMESTAMP ? 0x83 : 0x80;
+      if (a->type == WD_ANN_SEQUENCE) *seq_offset = (size_t)(w - buf);
+      w = put_be64(w, a->type == WD_ANN_TIMESTAMP ? (uint64_t)a->value : 0);
+    }
+    kept += 2;
+  }
+  if (size_at) {
+    put_be32(size_at, (uint32_t)(w - size_at - 4));
+    put_be32(size_at + 4, kept);
+  }
+
+  /* Properties, with a message-id where one is wanted and missing. */
+  if (set_id) {
+    *w++ = 0x00;
+    *w++ = 0x53;
+    *w++ = SECTION_PROPERTIES;
+    *w++ = 0xd0;
+    uint8_t *list_at = w;
+    w += 8;
+    w = put_str(w, 0xa1, 0xb1, how->message_id);
+    const uint8_t *others = props && props_count > 0 ? skip(props_first, props_end, 0) : NULL;
+    if (others) {
+      memcpy(w, others, (size_t)(props_end - others));
+      w += props_end - others;
+    }
+    put_be32(list_at, (uint32_t)(w - list_at - 4));
+    put_be32(list_at + 4, props_count > 0 ? (uint32_t)props_count : 1);
+  } else if (props) {
+    memcpy(w, props_section, (size_t)(props_end - props_section));
+    w += props_end - props_section;
+  }
   memcpy(w, rest, (size_t)(end - rest));
   w += end - rest;
   *out = buf;
   *out_len = (size_t)(w - buf);
   return WD_OK;
+}
+
+int wd_msg_annotate(const uint8_t *in, size_t len, const char *device_id, int64_t enqueued_ms, uint8_t **out,
+                    size_t *out_len, size_t *seq_offset) {
+  if (strlen(device_id) > 255) return WD_ERR_INVALID;
+  const wd_msg_ann_t add[] = {
+      {"x-opt-device-id", WD_ANN_STRING, device_id, 0},
+      {"x-opt-enqueued-time", WD_ANN_TIMESTAMP, NULL, enqueued_ms},
+      {"x-opt-sequence-number", WD_ANN_SEQUENCE, NULL, 0},
+  };
+  const wd_msg_rewrite_t how = {.strip_reserved = true, .add = add, .n_add = 3};
+  return wd_msg_rewrite(in, len, &how, out, out_len, seq_offset);
+}
+
+size_t wd_msg_header_encode(uint8_t out[WD_MSG_HEADER_MAX], bool durable, uint8_t priority, uint32_t ttl_ms,
+                            uint32_t delivery_count) {
+  uint8_t *w = out;
+  *w++ = 0x00;
+  *w++ = 0x53;
+  *w++ = SECTION_HEADER;
+  *w++ = 0xc0;
+  uint8_t *size_at = w++;
+  *w++ = 5;                    /* durable, priority, ttl, first-acquirer, delivery-count */
+  *w++ = durable ? 0x41 : 0x42;
+  *w++ = 0x50;
+  *w++ = priority;
+  if (ttl_ms) {
+    *w++ = 0x70;
+    put_be32(w, ttl_ms);
+    w += 4;
+  } else {
+    *w++ = 0x40;
+  }
+  *w++ = 0x42;
+  *w++ = 0x70;
+  put_be32(w, delivery_count);
+  w += 4;
+  *size_at = (uint8_t)(w - size_at - 1);
+  return (size_t)(w - out);
 }
