@@ -121,7 +121,8 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
     wd_amqp_free(a);
     return rc;
   }
-  wd_store_set_append_listener(store, wd_amqp__telemetry_appended, a);
+  wd_store_set_append_listener(store, wd_amqp__log_appended, a);
+  wd_amqp__codec_install(a, a->cfg.max_delivery_count);
   pthread_mutex_lock(&a->listen_lock);
   if (a->cfg.listen) listen_on(a, 0, a->cfg.listen, false);
   if (a->cfg.tls_listen) listen_on(a, 1, a->cfg.tls_listen, true);
@@ -212,7 +213,7 @@ void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char 
 static void free_link_ctx(pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc) return;
-  wd_store_group_unref(lc->group);
+  free(lc->inflight);
   free(lc);
   pn_link_set_context(link, NULL);
 }
@@ -283,25 +284,38 @@ static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
   }
   lc->addr = addr;
   pn_link_set_context(link, lc);
-  if (addr.kind == WD_ADDR_TELEMETRY && inbound) {
-    wd_amqp__telemetry_inbound_open_PT(c, link);
+  if (inbound) {
+    if (c->who.is_device && (addr.kind == WD_ADDR_TELEMETRY || addr.kind == WD_ADDR_INQUIRIES ||
+                             addr.kind == WD_ADDR_RESPONSES))
+      wd_amqp__log_inbound_open_PT(c, link, lc);
+    else
+      wd_amqp__enqueue_open_PT(c, link, lc);
     return;
   }
-  if (addr.kind == WD_ADDR_TELEMETRY && !inbound) {
-    rc = wd_amqp__telemetry_outbound_open_PT(c, link, lc);
-    if (rc == WD_OK) return;
+  if (addr.kind == WD_ADDR_EGRESS) {
+    wd_amqp__egress_open_PT(c, link, lc);
+    return;
+  }
+  rc = wd_amqp__log_outbound_open_PT(c, link, lc);
+  if (rc < 0) {
     free_link_ctx(link);
     wd_amqp__link_refuse_PT(link, "amqp:internal-error", wd_err_str(rc));
-    return;
   }
-  /* TODO(#3): commands, notifications, feedback, responses, inquiries. */
-  free_link_ctx(link);
-  wd_amqp__link_refuse_PT(link, "amqp:not-implemented", "this address is not served yet");
 }
 
-static void on_link_remote_close(pn_link_t *link) {
+/* Outbound deliveries left unsettled: a log's go back to their group; a device queue's count as failed. */
+static void abandon_unsettled(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (pn_link_is_sender(link)) wd_amqp__telemetry_release_unsettled_PT(link);
+  if (!lc || !pn_link_is_sender(link)) return;
+  if (lc->addr.kind == WD_ADDR_EGRESS)
+    wd_amqp__egress_lost_PT(c, link);
+  else
+    wd_amqp__log_release_unsettled_PT(link);
+}
+
+static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (c) abandon_unsettled(c, link);
   if (!(pn_link_state(link) & PN_LOCAL_CLOSED)) pn_link_close(link);
   if (!lc) {
     pn_link_free(link);
@@ -351,7 +365,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
 
 static void on_transport_closed(wd_conn_t *c) {
   for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) {
-    if (pn_link_is_sender(l)) wd_amqp__telemetry_release_unsettled_PT(l);
+    abandon_unsettled(c, l);
     free_link_ctx(l);
   }
   wd_amqp__conn_gone(c);
@@ -454,12 +468,17 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
       break;
     case PN_LINK_REMOTE_CLOSE:
     case PN_LINK_REMOTE_DETACH:
-      on_link_remote_close(pn_event_link(e));
+      on_link_remote_close(c, pn_event_link(e));
       break;
     case PN_LINK_FLOW: {
       pn_link_t *link = pn_event_link(e);
       wd_link_ctx_t *lc = pn_link_get_context(link);
-      if (c && lc && pn_link_is_sender(link) && lc->addr.kind == WD_ADDR_TELEMETRY) wd_amqp__telemetry_pump_PT(c, link);
+      if (c && lc && pn_link_is_sender(link)) {
+        if (lc->addr.kind == WD_ADDR_EGRESS)
+          wd_amqp__egress_pump_PT(c, link);
+        else
+          wd_amqp__log_pump_PT(c, link);
+      }
       break;
     }
     case PN_DELIVERY: {
@@ -473,10 +492,17 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
         }
         break;
       }
-      if (pn_link_is_receiver(link))
-        wd_amqp__telemetry_on_delivery_PT(c, link, d);
-      else if (pn_delivery_updated(d))
-        wd_amqp__telemetry_outbound_update_PT(link, d);
+      if (pn_link_is_receiver(link)) {
+        if (lc->log || (c->who.is_device && lc->addr.kind == WD_ADDR_RESPONSES))
+          wd_amqp__log_on_delivery_PT(c, link, d);
+        else
+          wd_amqp__enqueue_on_delivery_PT(c, link, d);
+      } else if (pn_delivery_updated(d)) {
+        if (lc->addr.kind == WD_ADDR_EGRESS)
+          wd_amqp__egress_update_PT(c, link, d);
+        else
+          wd_amqp__log_outbound_update_PT(link, d);
+      }
       break;
     }
     case PN_CONNECTION_WAKE:

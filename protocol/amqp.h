@@ -29,6 +29,9 @@ typedef struct {
   uint32_t max_idle_timeout_ms;
   uint32_t max_message_size;
   uint32_t max_connections;
+  uint64_t default_ttl_ms, max_ttl_ms; /* commands and notifications */
+  uint32_t queue_limit;                /* a device's queue, unless its registry entry says otherwise */
+  uint32_t max_delivery_count;
   bool dev_mode;           /* allows PLAIN over plain TCP */
   bool allow_key_password; /* allows a device's base64 key as its PLAIN password */
   const wd_amqp_service_t *services; /* copied */

@@ -221,6 +221,30 @@ void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn) {
   pthread_mutex_unlock(&a->conns_lock);
 }
 
+static void post_egress_locked(wd_conn_t *c, wd_job_fn fn) {
+  if (!c->has_egress || atomic_exchange(&c->egress_pending, true)) return;
+  wd_job_t *job = malloc(sizeof *job);
+  if (!job) {
+    atomic_store(&c->egress_pending, false);
+    return;
+  }
+  post_locked(c, fn, NULL, job);
+}
+
+void wd_amqp__post_device(wd_amqp_t *a, const char *device_id, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *c = find_device_locked(a, device_id);
+  if (c) post_egress_locked(c, fn);
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (size_t b = 0; b < a->n_buckets; b++)
+    for (wd_conn_t *c = a->by_device[b]; c; c = c->by_device_next) post_egress_locked(c, fn);
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn) {
   pthread_mutex_lock(&a->conns_lock);
   for (size_t b = 0; b < a->n_buckets; b++) {

@@ -3,6 +3,7 @@
 
 /* Shared between the files of protocol/ only. */
 
+#include <proton/codec.h>
 #include <proton/connection.h>
 #include <proton/delivery.h>
 #include <proton/link.h>
@@ -58,7 +59,9 @@ struct wd_conn {
   bool in_device_index;
   wd_conn_t *consumer_next;   /* list of connections that read telemetry */
   bool in_consumer_list;
-  _Atomic bool pump_pending;  /* a telemetry pump job is queued */
+  _Atomic bool pump_pending;  /* a log pump job is queued */
+  _Atomic bool egress_pending; /* an egress pump job is queued */
+  bool has_egress;            /* a device receiving its queue; under conns_lock */
   wd_conn_t *closing_next;    /* list of connections we closed, awaiting the peer */
   bool in_closing_list;
   int64_t close_deadline_ms;  /* monotonic */
@@ -71,9 +74,13 @@ struct wd_conn {
 /* What a link is for; stored as the link's context. */
 typedef struct {
   wd_address_t addr;
-  int pending_commits;   /* inbound telemetry waiting for the store */
-  bool closed;           /* detached: free when pending_commits reaches 0 */
-  wd_store_group_t *group; /* outbound telemetry */
+  int pending_commits;      /* store writes whose completion will touch this link */
+  bool closed;              /* detached: free when pending_commits reaches 0 */
+  wd_store_log_t *log;      /* inbound: the log written (NULL: per message); outbound: the log read */
+  wd_store_group_t *group;  /* outbound log consumers */
+  bool egress_ready;        /* device egress: recovered, may deliver */
+  uint64_t *inflight;       /* device egress: sequence numbers sent, not yet settled */
+  size_t n_inflight, cap_inflight;
 } wd_link_ctx_t;
 
 struct wd_amqp {
@@ -121,6 +128,10 @@ void wd_amqp__post(wd_amqp_t *a, uint64_t conn_id, wd_job_fn fn, void *arg);
 void wd_amqp__conn_run_jobs(wd_conn_t *c);
 /* Posts fn to each connection that reads telemetry. */
 void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn);
+/* Posts fn to the device's connection if it receives its queue and no such job is pending. */
+void wd_amqp__post_device(wd_amqp_t *a, const char *device_id, wd_job_fn fn);
+/* The same for every device connection that receives its queue. */
+void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn);
 /* Posts fn to each device connection whose token expired by now_s. */
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn);
 
@@ -136,14 +147,38 @@ void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls);
 /* Copies the identity proven by SASL; false if none. */
 bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out);
 
-/* telemetry.c */
-void wd_amqp__telemetry_inbound_open_PT(wd_conn_t *c, pn_link_t *link);
-void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
-int wd_amqp__telemetry_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
-void wd_amqp__telemetry_pump_PT(wd_conn_t *c, pn_link_t *link);
-void wd_amqp__telemetry_outbound_update_PT(pn_link_t *link, pn_delivery_t *d);
-void wd_amqp__telemetry_release_unsettled_PT(pn_link_t *link);
-void wd_amqp__telemetry_appended(void *arg, uint64_t next_seq);
+/* logs.c: device messages into logs; services reading logs. */
+void wd_amqp__log_inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
+int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link);
+void wd_amqp__log_outbound_update_PT(pn_link_t *link, pn_delivery_t *d);
+void wd_amqp__log_release_unsettled_PT(pn_link_t *link);
+void wd_amqp__log_appended(void *arg, wd_store_log_t *log);
+
+/* commands.c: enqueueing, and delivering device queues. */
+void wd_amqp__enqueue_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
+void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link);
+void wd_amqp__egress_update_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
+/* The link or connection is gone: unsettled deliveries count as failed. */
+void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link);
+void wd_amqp__codec_install(wd_amqp_t *a, uint32_t max_delivery_count);
+/* Posts an egress pump to the device's connection, if it has one. Thread-safe. */
+void wd_amqp__notify_device(wd_amqp_t *a, const char *device_id);
+/* Posts an egress pump to every device connection that receives its queue. Thread-safe. */
+void wd_amqp__notify_all_devices(wd_amqp_t *a);
+
+/* The text form of a message-id or correlation-id, the key of a command's
+ * status: strings as they are, ulongs in decimal, UUIDs canonical, binary in hex. */
+#define WD_MSGID_KEY_MAX 1024
+int wd_amqp__msgid_key(pn_msgid_t id, char *out, size_t cap);
+
+/* Reads a complete incoming delivery into a buffer, enforcing the size limit.
+ * Returns the buffer (owned) or NULL after settling/closing as appropriate. */
+uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len);
+void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description);
 
 /* amqp.c */
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);

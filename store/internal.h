@@ -22,9 +22,18 @@ struct wd_store__op {
   bool appends_telemetry;
 };
 
+/* A log touched by the open write transaction: its number before the
+ * transaction, to roll back on abort and to publish on commit. */
+typedef struct {
+  wd_store_log_t *log;
+  uint64_t seq_before;
+} wd_store__touched_t;
+
 struct wd_store {
   MDB_env *env;
-  MDB_dbi dbi_meta, dbi_devices, dbi_thumbprints, dbi_telemetry, dbi_groups;
+  MDB_dbi dbi_meta, dbi_devices, dbi_thumbprints, dbi_members;
+  MDB_dbi dbi_logs, dbi_records, dbi_groups;
+  MDB_dbi dbi_queues, dbi_queue_meta, dbi_blobs, dbi_expiry, dbi_commands;
   uint64_t map_size;
 
   pthread_t writer;
@@ -33,15 +42,19 @@ struct wd_store {
   wd_store__op_t *head, *tail;
   bool stopping;
 
-  /* Telemetry. next_seq is the writer's; committed_next_seq is published after
-   * each commit and is what readers may claim up to. */
-  uint64_t next_seq;
-  _Atomic uint64_t committed_next_seq;
-  _Atomic uint64_t first_seq;
-  _Atomic bool groups_dirty;
+  /* Logs. The list only grows; each log's next_seq is the writer's. */
+  pthread_mutex_t logs_lock; /* guards the log list and each log's group list; taken before a group's lock */
+  wd_store_log_t *logs;
+  uint32_t next_log_id;
+  _Atomic bool logs_dirty; /* group progress or a new log or group to persist */
+  wd_store__touched_t *touched; /* writer only */
+  size_t n_touched, cap_touched;
 
-  pthread_mutex_t groups_lock; /* guards the group list; taken before any group's lock */
-  wd_store_group_t *groups;
+  /* Device queues (queue.c). Writer only, except the codec (set once at start). */
+  uint64_t next_blob_id;
+  int64_t next_expiry_ms; /* earliest key of the expiry index, INT64_MAX if none */
+  wd_store_codec_t codec;
+  uint32_t max_delivery_count;
 
   pthread_mutex_t listener_lock;
   wd_store_append_fn append_fn;
@@ -56,12 +69,32 @@ int wd_store__submit(wd_store_t *s, wd_store__op_t *op);
 /* Maps an LMDB return code to a wd_err_t. */
 int wd_store__map_rc(int mdb_rc);
 
+/* Logs (log.c), called by the writer inside its transaction. */
+int wd_store__logs_load(wd_store_t *s, MDB_txn *txn);
+/* Appends a record to `log` in txn; data is patched at seq_offset (SIZE_MAX: not). */
+int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *data, size_t len, size_t seq_offset);
+/* Finds or creates a log by name from the writer (no lock order issue: takes logs_lock). */
+wd_store_log_t *wd_store__log_get(wd_store_t *s, const char *name);
+int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn);
+/* After the transaction: abort undoes the numbers it took; commit publishes
+ * them (and, if logs_persist ran, what it wrote) and calls the listener. */
+void wd_store__logs_rollback(wd_store_t *s);
+void wd_store__logs_committed(wd_store_t *s, bool persisted);
+void wd_store__logs_free(wd_store_t *s);
+
+/* Registry hooks (registry.c) for queue.c. */
+int wd_store__device_get_in(wd_store_t *s, MDB_txn *txn, const char *id, wd_device_t **out);
+
+/* Queues (queue.c). */
+int wd_store__queues_load(wd_store_t *s, MDB_txn *txn);
+/* Moves expired messages to the dead-letter log; called by the writer when due. */
+void wd_store__sweep(wd_store_t *s);
+/* Drops a deleted device's queue and commands; inside the registry's transaction. */
+int wd_store__queue_drop_device(wd_store_t *s, MDB_txn *txn, const char *id);
+/* Keeps the group membership index in step with a device's groups. */
+int wd_store__members_update(wd_store_t *s, MDB_txn *txn, const char *id, const char *old_groups,
+                             const char *new_groups);
+
 void wd_store__u64_be(uint8_t out[8], uint64_t v);
 uint64_t wd_store__be_u64(const uint8_t in[8]);
-
-/* Telemetry internals, called by the writer. */
-int wd_store__telemetry_load(wd_store_t *s, MDB_txn *txn);
-int wd_store__groups_persist(wd_store_t *s, MDB_txn *txn);
-void wd_store__groups_free(wd_store_t *s);
-
 #endif

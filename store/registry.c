@@ -131,7 +131,7 @@ static int decode(const char *id, const MDB_val *v, wd_device_t **out) {
   return WD_OK;
 }
 
-static int get_in(wd_store_t *s, MDB_txn *txn, const char *id, wd_device_t **out) {
+int wd_store__device_get_in(wd_store_t *s, MDB_txn *txn, const char *id, wd_device_t **out) {
   MDB_val k = {strlen(id), (void *)id}, v;
   int rc = mdb_get(txn, s->dbi_devices, &k, &v);
   if (rc != MDB_SUCCESS) return wd_store__map_rc(rc);
@@ -143,7 +143,7 @@ int wd_store_device_get(wd_store_t *s, const char *id, wd_device_t **out) {
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
   if (rc) return wd_store__map_rc(rc);
-  rc = get_in(s, txn, id, out);
+  rc = wd_store__device_get_in(s, txn, id, out);
   mdb_txn_abort(txn);
   return rc;
 }
@@ -267,7 +267,7 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
   device_op_t *op = (device_op_t *)base;
   const wd_device_t *chg = op->change;
   wd_device_t *d = NULL;
-  int rc = get_in(s, txn, chg->id, &d);
+  int rc = wd_store__device_get_in(s, txn, chg->id, &d);
   int64_t now = wd_now_ms();
 
   if (op->op == WD_DEVICE_CREATE) {
@@ -280,6 +280,7 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
     d->generation = 1;
     d->created_ms = d->updated_ms = now;
     if (d->thumbprint[0] && (rc = claim_thumbprint(s, txn, d->thumbprint, d->id)) < 0) goto done;
+    if ((rc = wd_store__members_update(s, txn, d->id, "", d->groups)) < 0) goto done;
     rc = put_record(s, txn, d);
     goto done;
   }
@@ -292,6 +293,7 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
         if ((rc = drop_thumbprint(s, txn, d->thumbprint)) < 0) goto done;
         memcpy(d->thumbprint, chg->thumbprint, sizeof d->thumbprint);
       }
+      if ((rc = wd_store__members_update(s, txn, d->id, d->groups, chg->groups)) < 0) goto done;
       if ((rc = replace_string(&d->groups, chg->groups)) < 0 || (rc = replace_string(&d->peers, chg->peers)) < 0)
         goto done;
       d->queue_limit = chg->queue_limit;
@@ -304,7 +306,10 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
       break;
     case WD_DEVICE_DELETE: {
       MDB_val k = {strlen(d->id), d->id};
-      if ((rc = drop_thumbprint(s, txn, d->thumbprint)) < 0) goto done;
+      if ((rc = drop_thumbprint(s, txn, d->thumbprint)) < 0 ||
+          (rc = wd_store__members_update(s, txn, d->id, d->groups, "")) < 0 ||
+          (rc = wd_store__queue_drop_device(s, txn, d->id)) < 0)
+        goto done;
       rc = wd_store__map_rc(mdb_del(txn, s->dbi_devices, &k, NULL));
       wd_device_free(d);
       return rc;

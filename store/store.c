@@ -74,41 +74,31 @@ static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rc
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (rc != MDB_SUCCESS) return wd_store__map_rc(rc);
-  uint64_t seq_before = s->next_seq;
+  bool persisted = false;
   wd_store__op_t *op = ops;
   for (size_t i = 0; i < count; i++, op = op->next) {
     rcs[i] = op->apply(s, txn, op);
-    if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT) {
+    if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT || rcs[i] == WD_ERR_NOMEM) {
       rc = rcs[i];
       goto fail;
     }
   }
-  if (atomic_exchange(&s->groups_dirty, false)) {
-    rc = wd_store__groups_persist(s, txn);
-    if (rc < 0) {
-      atomic_store(&s->groups_dirty, true);
-      goto fail;
-    }
-  }
+  persisted = atomic_exchange(&s->logs_dirty, false);
+  if (persisted && (rc = wd_store__logs_persist(s, txn)) < 0) goto fail;
   rc = wd_store__map_rc(mdb_txn_commit(txn));
   if (rc < 0) {
-    s->next_seq = seq_before;
+    if (persisted) atomic_store(&s->logs_dirty, true);
+    wd_store__logs_rollback(s);
     return rc;
   }
   atomic_fetch_add(&s->commits, 1);
+  wd_store__logs_committed(s, persisted);
   return WD_OK;
 fail:
+  if (persisted) atomic_store(&s->logs_dirty, true);
   mdb_txn_abort(txn);
-  s->next_seq = seq_before;
+  wd_store__logs_rollback(s);
   return rc;
-}
-
-static void notify_appended(wd_store_t *s) {
-  pthread_mutex_lock(&s->listener_lock);
-  wd_store_append_fn fn = s->append_fn;
-  void *arg = s->append_arg;
-  pthread_mutex_unlock(&s->listener_lock);
-  if (fn) fn(arg, atomic_load(&s->committed_next_seq));
 }
 
 /* Commits a batch; when the store is full, falls back to one op per commit so
@@ -116,13 +106,10 @@ static void notify_appended(wd_store_t *s) {
 static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
   int *rcs = calloc(count ? count : 1, sizeof *rcs);
   int rc = rcs ? apply_batch(s, ops, count, rcs) : WD_ERR_NOMEM;
-  bool appended = false;
   if (rc == WD_OK) {
-    atomic_store(&s->committed_next_seq, s->next_seq);
     wd_store__op_t *op = ops;
     for (size_t i = 0; i < count; i++) {
       wd_store__op_t *next = op->next;
-      appended |= op->appends_telemetry && rcs[i] == WD_OK;
       op->complete(s, op, rcs[i]);
       op = next;
     }
@@ -150,7 +137,6 @@ static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
     }
   }
   free(rcs);
-  if (appended) notify_appended(s);
 }
 
 static void *writer_main(void *arg) {
@@ -158,14 +144,20 @@ static void *writer_main(void *arg) {
   for (;;) {
     pthread_mutex_lock(&s->lock);
     if (!s->head && !s->stopping) {
-      struct timespec deadline;
-      clock_gettime(CLOCK_REALTIME, &deadline);
-      deadline.tv_nsec += IDLE_TICK_MS * 1000000L;
-      if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
+      /* Wake for work, for the next expiry, or to persist consumer-group progress. */
+      int64_t now = wd_now_ms(), wait_ms = IDLE_TICK_MS;
+      if (s->next_expiry_ms - now < wait_ms) wait_ms = s->next_expiry_ms - now;
+      if (wait_ms > 0) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += wait_ms / 1000;
+        deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+          deadline.tv_sec++;
+          deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->wake, &s->lock, &deadline);
       }
-      pthread_cond_timedwait(&s->wake, &s->lock, &deadline);
     }
     wd_store__op_t *ops = s->head, *last = ops;
     size_t count = ops ? 1 : 0;
@@ -181,7 +173,8 @@ static void *writer_main(void *arg) {
     bool stop = s->stopping && !s->head;
     pthread_mutex_unlock(&s->lock);
 
-    if (count > 0 || atomic_load(&s->groups_dirty)) run_batch(s, ops, count);
+    if (wd_now_ms() >= s->next_expiry_ms) wd_store__sweep(s);
+    if (count > 0 || atomic_load(&s->logs_dirty)) run_batch(s, ops, count);
     if (stop && count == 0) break;
   }
   return NULL;
@@ -194,8 +187,15 @@ static int open_dbis(wd_store_t *s) {
   if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->dbi_meta)) ||
       (rc = mdb_dbi_open(txn, "devices", MDB_CREATE, &s->dbi_devices)) ||
       (rc = mdb_dbi_open(txn, "thumbprints", MDB_CREATE, &s->dbi_thumbprints)) ||
-      (rc = mdb_dbi_open(txn, "telemetry", MDB_CREATE, &s->dbi_telemetry)) ||
-      (rc = mdb_dbi_open(txn, "groups", MDB_CREATE, &s->dbi_groups))) {
+      (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) ||
+      (rc = mdb_dbi_open(txn, "logs", MDB_CREATE, &s->dbi_logs)) ||
+      (rc = mdb_dbi_open(txn, "records", MDB_CREATE, &s->dbi_records)) ||
+      (rc = mdb_dbi_open(txn, "groups", MDB_CREATE, &s->dbi_groups)) ||
+      (rc = mdb_dbi_open(txn, "queues", MDB_CREATE, &s->dbi_queues)) ||
+      (rc = mdb_dbi_open(txn, "queue_meta", MDB_CREATE, &s->dbi_queue_meta)) ||
+      (rc = mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->dbi_blobs)) ||
+      (rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->dbi_expiry)) ||
+      (rc = mdb_dbi_open(txn, "commands", MDB_CREATE, &s->dbi_commands))) {
     mdb_txn_abort(txn);
     return wd_store__map_rc(rc);
   }
@@ -216,7 +216,8 @@ static int open_dbis(wd_store_t *s) {
       return WD_ERR_CORRUPT;
     }
   }
-  if (rc == MDB_SUCCESS) rc = wd_store__telemetry_load(s, txn);
+  if (rc == MDB_SUCCESS) rc = wd_store__logs_load(s, txn);
+  if (rc == MDB_SUCCESS) rc = wd_store__queues_load(s, txn);
   if (rc != MDB_SUCCESS) {
     mdb_txn_abort(txn);
     return rc < 0 ? rc : wd_store__map_rc(rc);
@@ -234,12 +235,14 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   s->map_size = max_size;
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->wake, NULL);
-  pthread_mutex_init(&s->groups_lock, NULL);
+  pthread_mutex_init(&s->logs_lock, NULL);
+  s->max_delivery_count = 10;
+  s->next_expiry_ms = INT64_MAX;
   pthread_mutex_init(&s->listener_lock, NULL);
 
   int rc = mdb_env_create(&s->env);
   if (rc == MDB_SUCCESS) rc = mdb_env_set_mapsize(s->env, (size_t)max_size);
-  if (rc == MDB_SUCCESS) rc = mdb_env_set_maxdbs(s->env, 16);
+  if (rc == MDB_SUCCESS) rc = mdb_env_set_maxdbs(s->env, 32);
   /* Readers: every proactor and HTTP thread may hold one short read txn. */
   if (rc == MDB_SUCCESS) rc = mdb_env_set_maxreaders(s->env, 512);
   if (rc == MDB_SUCCESS) rc = mdb_env_open(s->env, path, MDB_NOTLS, 0600);
@@ -258,13 +261,13 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   if (rc < 0) {
     wd_log("store", WD_LOG_ERROR, "cannot read store at %s: %s; the store was left untouched", path,
            wd_err_str(rc));
-    wd_store__groups_free(s);
+    wd_store__logs_free(s);
     mdb_env_close(s->env);
     free(s);
     return rc;
   }
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-    wd_store__groups_free(s);
+    wd_store__logs_free(s);
     mdb_env_close(s->env);
     free(s);
     return WD_ERR_NOMEM;
@@ -280,13 +283,19 @@ void wd_store_close(wd_store_t *s) {
   pthread_cond_signal(&s->wake);
   pthread_mutex_unlock(&s->lock);
   pthread_join(s->writer, NULL);
+  /* Only an expiry sweep the writer queued for itself can be left. */
+  while (s->head) {
+    wd_store__op_t *op = s->head;
+    s->head = op->next;
+    op->complete(s, op, WD_ERR_SHUTDOWN);
+  }
   /* The writer drained its queue and persisted group progress before it stopped. */
-  if (atomic_load(&s->groups_dirty)) run_batch(s, NULL, 0);
-  wd_store__groups_free(s);
+  if (atomic_load(&s->logs_dirty)) run_batch(s, NULL, 0);
+  wd_store__logs_free(s);
   mdb_env_close(s->env);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->wake);
-  pthread_mutex_destroy(&s->groups_lock);
+  pthread_mutex_destroy(&s->logs_lock);
   pthread_mutex_destroy(&s->listener_lock);
   free(s);
 }
@@ -298,8 +307,6 @@ void wd_store_stats(wd_store_t *s, wd_store_stats_t *out) {
   mdb_env_stat(s->env, &st);
   out->map_size = s->map_size;
   out->used_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
-  out->telemetry_first_seq = atomic_load(&s->first_seq);
-  out->telemetry_next_seq = atomic_load(&s->committed_next_seq);
   out->commits = atomic_load(&s->commits);
   out->commit_failures_full = atomic_load(&s->commit_failures_full);
 }

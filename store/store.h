@@ -38,7 +38,6 @@ void wd_store_close(wd_store_t *s);
 typedef struct {
   uint64_t map_size;    /* the configured limit */
   uint64_t used_bytes;  /* pages in use */
-  uint64_t telemetry_first_seq, telemetry_next_seq;
   uint64_t commits, commit_failures_full;
 } wd_store_stats_t;
 void wd_store_stats(wd_store_t *s, wd_store_stats_t *out);
@@ -96,32 +95,36 @@ typedef void (*wd_store_device_done_fn)(void *ctx, int rc, const wd_device_t *af
 int wd_store_device_write(wd_store_t *s, wd_device_op_t op, const wd_device_t *change,
                           wd_store_device_done_fn done, void *ctx);
 
-/* --------------------------------------------------------------- telemetry */
+/* -------------------------------------------------------------------- logs */
 
-/* Called on the writer thread after each commit that appended telemetry, with
- * the next sequence number to be assigned (so all below it are readable). */
-typedef void (*wd_store_append_fn)(void *arg, uint64_t next_seq);
+/* Durable logs of opaque records: "telemetry", "inquiries", "feedback",
+ * "deadletter", "responses" and "responses/<name>". Records are numbered from
+ * 1 in commit order. Consumer groups read a log: each group sees every record,
+ * the consumers of one group share the work, and a new group starts at the
+ * oldest retained record. Records every group has acknowledged are deleted. */
+typedef struct wd_store_log wd_store_log_t;
+typedef struct wd_store_group wd_store_group_t;
+
+/* Returns the log of that name, creating it if needed. The handle lives as
+ * long as the store. Thread-safe. */
+int wd_store_log_open(wd_store_t *s, const char *name, wd_store_log_t **out);
+const char *wd_store_log_name(const wd_store_log_t *log);
+
+/* Called on the writer thread after each commit that appended to `log`. */
+typedef void (*wd_store_append_fn)(void *arg, wd_store_log_t *log);
 void wd_store_set_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg);
 
 typedef void (*wd_store_done_fn)(void *ctx, int rc);
 
-/* Appends one record to the telemetry log. The writer assigns the sequence
- * number and, when seq_offset != SIZE_MAX, writes it as a big-endian u64 at
- * data[seq_offset] before storing (so a record may carry its own number).
- * data: taken on WD_OK (freed by the store); on error the caller still owns it.
+/* Appends one record. The writer assigns its number and, when seq_offset !=
+ * SIZE_MAX, writes it as a big-endian u64 at data[seq_offset] (so a record may
+ * carry its own number). data: taken on WD_OK; on error the caller keeps it.
  * Thread-safe. */
-int wd_store_telemetry_append(wd_store_t *s, void *data, size_t len, size_t seq_offset,
-                              wd_store_done_fn done, void *ctx);
+int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_offset, wd_store_done_fn done,
+                        void *ctx);
 
-/* Consumer groups share the log: each group sees every record; the consumers
- * of one group share the work. A new group starts at the oldest retained record.
- * Records acknowledged by every group are trimmed. */
-typedef struct wd_store_group wd_store_group_t;
-
-/* Returns a reference to the group, creating it if needed. Thread-safe.
- * Release with wd_store_group_unref. */
-int wd_store_group_open(wd_store_t *s, const char *name, wd_store_group_t **out);
-void wd_store_group_unref(wd_store_group_t *g);
+/* Returns the group, creating it if needed; it lives as long as the store. Thread-safe. */
+int wd_store_group_open(wd_store_log_t *log, const char *name, wd_store_group_t **out);
 
 typedef struct {
   uint64_t seq;
@@ -137,5 +140,113 @@ int wd_store_group_claim(wd_store_group_t *g, wd_store_record_t *out, size_t max
  * or released (delivered again, to any consumer of the group). Thread-safe. */
 void wd_store_group_ack(wd_store_group_t *g, uint64_t seq);
 void wd_store_group_release(wd_store_group_t *g, uint64_t seq);
+
+/* ------------------------------------------------------------ device queues */
+
+/* Each device has a durable FIFO queue of commands, notifications and inquiry
+ * replies, held until the device takes them, they expire, or they fail too
+ * often. Outcomes of commands produce feedback records and failures dead-letter
+ * records; the store asks the codec (set by protocol/) to build them, so that
+ * the store never knows the message format. */
+
+typedef enum { WD_QUEUE_COMMAND = 1, WD_QUEUE_NOTIFICATION = 2 } wd_queue_kind_t;
+
+/* A queued message as read back. Strings and data are owned; free with
+ * wd_store_queued_free. */
+typedef struct {
+  uint64_t seq;
+  wd_queue_kind_t kind;
+  bool durable;
+  uint8_t priority;
+  uint32_t ttl_ms;         /* as the sender gave it; 0 when none */
+  uint32_t delivery_count; /* failed deliveries so far */
+  int64_t enqueued_ms, expiry_ms;
+  char *message_id;        /* the message-id as text, the key of its status */
+  void *message_id_raw;    /* the message-id as encoded AMQP (opaque here) */
+  size_t message_id_raw_len;
+  void *data;              /* the message without its header section */
+  size_t len;
+} wd_store_queued_t;
+void wd_store_queued_free(wd_store_queued_t *q); /* frees the members, not q */
+
+typedef struct {
+  void *arg;
+  /* Builds the feedback record for a command's outcome. Returns owned bytes
+   * or NULL. *seq_offset: where its log number goes (SIZE_MAX: nowhere). */
+  void *(*feedback)(void *arg, const char *device_id, const wd_store_queued_t *cmd, const char *status,
+                    int64_t time_ms, size_t *len, size_t *seq_offset);
+  /* Builds the dead-letter record: the whole message and why. */
+  void *(*deadletter)(void *arg, const char *device_id, const wd_store_queued_t *msg, const char *reason,
+                      int64_t time_ms, size_t *len, size_t *seq_offset);
+} wd_store_codec_t;
+
+/* Sets the codec and the policy before any queue is used. Not thread-safe. */
+void wd_store_set_codec(wd_store_t *s, const wd_store_codec_t *codec, uint32_t max_delivery_count);
+
+typedef struct {
+  wd_queue_kind_t kind;
+  bool durable;
+  uint8_t priority;
+  uint32_t ttl_ms;
+  int64_t expiry_ms;
+  const char *message_id;            /* borrowed for the call */
+  const void *message_id_raw;        /* borrowed for the call */
+  size_t message_id_raw_len;
+  const char *reply_to;              /* commands: the log its responses go to; NULL: "responses" */
+  void *data;                        /* the message without header: taken on WD_OK */
+  size_t len;
+} wd_store_enqueue_t;
+
+/* rc: WD_OK; WD_ERR_NOT_FOUND (no such device or group); WD_ERR_DISABLED
+ * (device disabled); WD_ERR_LIMIT (the device's queue is at its limit);
+ * WD_ERR_FULL. `count` is the sequence number given (append) or the number of
+ * devices reached (group). */
+typedef void (*wd_store_enqueue_done_fn)(void *ctx, int rc, uint64_t count);
+
+/* Appends to one device's queue; its limit is the registry's queue_limit, or
+ * default_limit when that is 0. Thread-safe. */
+int wd_store_queue_append(wd_store_t *s, const char *device_id, wd_store_enqueue_t *msg, uint32_t default_limit,
+                          wd_store_enqueue_done_fn done, void *ctx);
+
+/* Appends to the queue of every enabled member of a group whose queue has
+ * room; the payload is stored once. Thread-safe. */
+int wd_store_group_enqueue(wd_store_t *s, const char *group, wd_store_enqueue_t *msg, uint32_t default_limit,
+                           wd_store_enqueue_done_fn done, void *ctx);
+
+/* Reads, in order, up to `max` messages of a device's queue that are not
+ * expired at now_ms and whose seq is not in skip[0..n_skip). *out: owned
+ * array of n entries (free each with wd_store_queued_free, then the array).
+ * Returns n or < 0. Thread-safe. */
+int wd_store_queue_read(wd_store_t *s, const char *device_id, const uint64_t *skip, size_t n_skip, size_t max,
+                        int64_t now_ms, wd_store_queued_t **out);
+
+typedef enum {
+  WD_SETTLE_DELIVERED,     /* sent to the device: counts as a failed delivery if never settled */
+  WD_SETTLE_COMPLETED,     /* accepted: removed; feedback "completed" */
+  WD_SETTLE_REJECTED,      /* rejected: removed; feedback "rejected" */
+  WD_SETTLE_RELEASED,      /* to be delivered again, delivery count unchanged */
+  WD_SETTLE_FAILED,        /* modified delivery-failed or link lost: delivered again, count raised */
+  WD_SETTLE_UNDELIVERABLE, /* modified undeliverable-here: dead-lettered; feedback "undeliverable" */
+} wd_settle_t;
+
+/* Records a delivery's fate. A message that reaches max_delivery_count failed
+ * deliveries is dead-lettered (feedback "delivery-count-exceeded"). rc
+ * WD_ERR_NOT_FOUND when the message is gone (expired meanwhile). Thread-safe. */
+int wd_store_queue_settle(wd_store_t *s, const char *device_id, uint64_t seq, wd_settle_t how, wd_store_done_fn done,
+                          void *ctx);
+
+/* Turns every message delivered but never settled (a connection lost, a
+ * crash) into a failed delivery. Called when the device attaches its receiver.
+ * Thread-safe. */
+int wd_store_queue_recover(wd_store_t *s, const char *device_id, wd_store_done_fn done, void *ctx);
+
+/* Number of messages queued for a device. Thread-safe. */
+int wd_store_queue_depth(wd_store_t *s, const char *device_id, uint32_t *depth);
+
+/* The reply-to recorded with a command, so that the device's response can be
+ * routed. Returns WD_ERR_NOT_FOUND if unknown. out: at least WD_ID_MAX+12 bytes. Thread-safe. */
+#define WD_REPLY_TO_MAX (WD_ID_MAX + 12)
+int wd_store_command_reply_to(wd_store_t *s, const char *device_id, const char *message_id,
+                              char out[WD_REPLY_TO_MAX + 1]);
 
 #endif

@@ -14,6 +14,7 @@ typedef enum {
   WD_ERR_SHUTDOWN = -8,   /* the component is stopping; work was discarded */
   WD_ERR_DENIED = -9,     /* authentication or authorization failed */
   WD_ERR_LIMIT = -10,     /* a configured limit was reached */
+  WD_ERR_DISABLED = -11,  /* the device is disabled */
 } wd_err_t;
 
 /* A short, stable, human-readable name for an error code. */

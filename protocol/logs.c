@@ -1,18 +1,22 @@
-/* Telemetry in from devices and out to consumer groups.
+/* Device messages into durable logs, and services reading logs.
  *
- * In: a complete delivery is rewritten (warden's annotations), handed to the
- * store, and settled `accepted` only when the writer reports its commit; the
- * report comes back to the connection as a posted job. A link keeps at most
- * WD_CREDIT_WINDOW messages outstanding (credit granted plus commits pending),
- * so a fast device is paced by the store, never buffered without bound.
+ * In: a device's telemetry, inquiry or response is rewritten (warden's
+ * annotations), handed to the store, and settled `accepted` only when the
+ * writer reports its commit; the report comes back to the connection as a
+ * posted job. A link keeps at most WD_CREDIT_WINDOW messages outstanding
+ * (credit granted plus commits pending), so a fast device is paced by the
+ * store, never buffered without bound. Responses go to the log named by the
+ * reply-to of the command they answer (correlation-id = its message-id).
  *
  * Out: a consumer's credit pulls records claimed from its group; the store's
- * append listener posts a pump job to every consumer connection when new
- * records are committed. Delivery tags are the records' sequence numbers. */
+ * append listener posts a pump job to every consumer connection when records
+ * are committed. Delivery tags are the records' sequence numbers. */
 
 #include <proton/condition.h>
 #include <proton/disposition.h>
+#include <proton/message.h>
 #include <proton/session.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,12 +41,44 @@ static void top_up_credit(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
 }
 
-static void reject(pn_delivery_t *d, const char *condition, const char *description) {
+void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description) {
   pn_condition_t *cond = pn_disposition_condition(pn_delivery_local(d));
   pn_condition_set_name(cond, condition);
   pn_condition_set_description(cond, description);
   pn_delivery_update(d, PN_REJECTED);
   pn_delivery_settle(d);
+}
+
+uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len) {
+  wd_amqp_t *a = c->amqp;
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  size_t pending = pn_delivery_pending(d);
+  if (pending > a->cfg.max_message_size) {
+    /* Refuse to buffer it: a message larger than the limit ends the link. */
+    wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' sent a message over %u bytes; detaching the link",
+           (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
+    pn_condition_t *cond = pn_link_condition(link);
+    pn_condition_set_name(cond, "amqp:link:message-size-exceeded");
+    pn_condition_set_description(cond, "message larger than max_message_size");
+    pn_link_close(link);
+    lc->closed = true;
+    return NULL;
+  }
+  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return NULL;
+  uint8_t *raw = malloc(pending ? pending : 1);
+  ssize_t n = raw ? pn_link_recv(link, (char *)raw, pending) : -1;
+  pn_link_advance(link);
+  atomic_store(&c->last_seen_ms, wd_now_ms());
+  if (lc->closed || n < 0) {
+    free(raw);
+    if (pn_delivery_settled(d) || lc->closed)
+      pn_delivery_settle(d);
+    else
+      wd_amqp__reject_PT(d, "amqp:resource-limit-exceeded", "out of memory");
+    return NULL;
+  }
+  *len = (size_t)n;
+  return raw;
 }
 
 static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
@@ -54,9 +90,9 @@ static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
         pn_delivery_update(j->delivery, PN_ACCEPTED);
         pn_delivery_settle(j->delivery);
       } else if (j->rc == WD_ERR_FULL) {
-        reject(j->delivery, "amqp:resource-limit-exceeded", "the store is full");
+        wd_amqp__reject_PT(j->delivery, "amqp:resource-limit-exceeded", "the store is full");
       } else {
-        reject(j->delivery, "amqp:internal-error", wd_err_str(j->rc));
+        wd_amqp__reject_PT(j->delivery, "amqp:internal-error", wd_err_str(j->rc));
       }
     }
     lc->pending_commits--;
@@ -75,54 +111,47 @@ static void on_committed(void *ctx, int rc) {
   wd_amqp__post(j->amqp, j->conn_id, settle_committed, j);
 }
 
-void wd_amqp__telemetry_inbound_open_PT(wd_conn_t *c, pn_link_t *link) {
+void wd_amqp__log_inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  const char *name = lc->addr.kind == WD_ADDR_TELEMETRY ? "telemetry" : lc->addr.kind == WD_ADDR_INQUIRIES ? "inquiries" : NULL;
+  if (name) wd_store_log_open(c->amqp->store, name, &lc->log);
   pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
   pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
   pn_link_open(link);
   pn_link_flow(link, WD_CREDIT_WINDOW);
 }
 
-void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+/* The log a response goes to: the reply-to its command was sent with. */
+static wd_store_log_t *response_log(wd_conn_t *c, const uint8_t *raw, size_t len) {
+  char reply_to[WD_REPLY_TO_MAX + 1] = "responses";
+  pn_message_t *m = pn_message();
+  if (m && pn_message_decode(m, (const char *)raw, len) == 0) {
+    char key[WD_MSGID_KEY_MAX + 1];
+    if (wd_amqp__msgid_key(pn_message_get_correlation_id(m), key, sizeof key) == WD_OK)
+      wd_store_command_reply_to(c->amqp->store, c->who.id, key, reply_to);
+  }
+  pn_message_free(m);
+  wd_store_log_t *log = NULL;
+  wd_store_log_open(c->amqp->store, reply_to, &log);
+  return log;
+}
+
+void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
   wd_amqp_t *a = c->amqp;
   wd_link_ctx_t *lc = pn_link_get_context(link);
-  size_t pending = pn_delivery_pending(d);
-  if (pending > a->cfg.max_message_size) {
-    /* Refuse to buffer it: a message larger than the limit ends the link. */
-    wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' sent a message over %u bytes; detaching the link",
-           (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
-    pn_condition_t *cond = pn_link_condition(link);
-    pn_condition_set_name(cond, "amqp:link:message-size-exceeded");
-    pn_condition_set_description(cond, "message larger than max_message_size");
-    pn_link_close(link);
-    lc->closed = true;
-    return;
-  }
-  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
-
-  uint8_t *raw = malloc(pending ? pending : 1);
-  if (!raw) {
-    pn_link_advance(link);
-    reject(d, "amqp:resource-limit-exceeded", "out of memory");
-    return;
-  }
-  ssize_t n = pn_link_recv(link, (char *)raw, pending);
-  pn_link_advance(link);
+  size_t n;
+  uint8_t *raw = wd_amqp__recv_PT(c, link, d, &n);
+  if (!raw) return;
   bool presettled = pn_delivery_settled(d);
-  if (lc->closed) {
-    free(raw);
-    pn_delivery_settle(d);
-    return;
-  }
-  uint8_t *rec;
+  wd_store_log_t *log = lc->log ? lc->log : response_log(c, raw, n);
+  uint8_t *rec = NULL;
   size_t rec_len, seq_offset;
-  int rc = n < 0 ? WD_ERR_INVALID
-                 : wd_msg_annotate(raw, (size_t)n, c->who.id, wd_now_ms(), &rec, &rec_len, &seq_offset);
+  int rc = log ? wd_msg_annotate(raw, n, c->who.id, wd_now_ms(), &rec, &rec_len, &seq_offset) : WD_ERR_NOMEM;
   free(raw);
   if (rc < 0) {
     if (presettled)
       pn_delivery_settle(d);
     else
-      reject(d, "amqp:decode-error", "not a well-formed AMQP message");
+      wd_amqp__reject_PT(d, "amqp:decode-error", "not a well-formed AMQP message");
     top_up_credit(link, lc, a);
     return;
   }
@@ -130,7 +159,7 @@ void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_deliver
   if (j) {
     *j = (commit_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d};
     atomic_fetch_add(&a->inflight_commits, 1);
-    rc = wd_store_telemetry_append(a->store, rec, rec_len, seq_offset, on_committed, j);
+    rc = wd_store_log_append(log, rec, rec_len, seq_offset, on_committed, j);
     if (rc < 0) atomic_fetch_sub(&a->inflight_commits, 1);
   } else {
     rc = WD_ERR_NOMEM;
@@ -141,31 +170,46 @@ void wd_amqp__telemetry_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_deliver
     if (presettled)
       pn_delivery_settle(d);
     else
-      reject(d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
-             wd_err_str(rc));
+      wd_amqp__reject_PT(d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
+                         wd_err_str(rc));
     top_up_credit(link, lc, a);
     return;
   }
   /* At-most-once for a pre-settled message: it is forgotten whether or not it commits. */
   if (presettled) pn_delivery_settle(d);
   lc->pending_commits++;
-  atomic_store(&c->last_seen_ms, wd_now_ms());
   top_up_credit(link, lc, a);
 }
 
-int wd_amqp__telemetry_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
-  int rc = wd_store_group_open(c->amqp->store, lc->addr.param, &lc->group);
+int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  char log_name[WD_REPLY_TO_MAX + 1];
+  const char *group = WD_DEFAULT_GROUP;
+  switch (lc->addr.kind) {
+    case WD_ADDR_TELEMETRY:
+      snprintf(log_name, sizeof log_name, "telemetry");
+      group = lc->addr.param;
+      break;
+    case WD_ADDR_INQUIRIES: snprintf(log_name, sizeof log_name, "inquiries"); break;
+    case WD_ADDR_FEEDBACK: snprintf(log_name, sizeof log_name, "feedback"); break;
+    case WD_ADDR_DEADLETTER: snprintf(log_name, sizeof log_name, "deadletter"); break;
+    case WD_ADDR_RESPONSES:
+      snprintf(log_name, sizeof log_name, lc->addr.param[0] ? "responses/%s" : "responses", lc->addr.param);
+      break;
+    default: return WD_ERR_INVALID;
+  }
+  int rc = wd_store_log_open(c->amqp->store, log_name, &lc->log);
+  if (rc == WD_OK) rc = wd_store_group_open(lc->log, group, &lc->group);
   if (rc < 0) return rc;
   bool presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
   pn_link_set_snd_settle_mode(link, presettled ? PN_SND_SETTLED : PN_SND_UNSETTLED);
   pn_link_open(link);
   wd_amqp__conn_add_consumer(c);
-  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' reads telemetry as group '%s'", (unsigned long long)c->id,
-         c->who.id, lc->addr.param);
+  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' reads %s as group '%s'", (unsigned long long)c->id, c->who.id,
+         log_name, group);
   return WD_OK;
 }
 
-void wd_amqp__telemetry_pump_PT(wd_conn_t *c, pn_link_t *link) {
+void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || lc->closed || !lc->group || c->closing) return;
   bool presettled = pn_link_snd_settle_mode(link) == PN_SND_SETTLED;
@@ -198,7 +242,7 @@ static uint64_t delivery_seq(pn_delivery_t *d) {
   return seq;
 }
 
-void wd_amqp__telemetry_outbound_update_PT(pn_link_t *link, pn_delivery_t *d) {
+void wd_amqp__log_outbound_update_PT(pn_link_t *link, pn_delivery_t *d) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || !lc->group) return;
   uint64_t state = pn_delivery_remote_state(d);
@@ -213,7 +257,7 @@ void wd_amqp__telemetry_outbound_update_PT(pn_link_t *link, pn_delivery_t *d) {
   pn_delivery_settle(d);
 }
 
-void wd_amqp__telemetry_release_unsettled_PT(pn_link_t *link) {
+void wd_amqp__log_release_unsettled_PT(pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || !lc->group) return;
   pn_delivery_t *d = pn_unsettled_head(link);
@@ -231,11 +275,11 @@ static void pump_connection(wd_conn_t *c, void *arg, bool discard) {
   atomic_store(&c->pump_pending, false);
   for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
     wd_link_ctx_t *lc = pn_link_get_context(l);
-    if (pn_link_is_sender(l) && lc && lc->addr.kind == WD_ADDR_TELEMETRY) wd_amqp__telemetry_pump_PT(c, l);
+    if (pn_link_is_sender(l) && lc && lc->group) wd_amqp__log_pump_PT(c, l);
   }
 }
 
-void wd_amqp__telemetry_appended(void *arg, uint64_t next_seq) {
-  (void)next_seq;
+void wd_amqp__log_appended(void *arg, wd_store_log_t *log) {
+  (void)log;
   wd_amqp__post_consumers(arg, pump_connection);
 }

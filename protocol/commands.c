@@ -1,0 +1,604 @@
+/* Commands and notifications: enqueued by services (or permitted peer
+ * devices), held in each device's durable queue, delivered when the device
+ * receives on `commands`, and reported on `feedback` as they complete, fail or
+ * expire.
+ *
+ * A queued message is stored without its header; the header is rebuilt on
+ * each delivery with the current delivery-count. Every outcome is written
+ * before the device's delivery is settled, so a crash at any point delivers a
+ * command again rather than losing it. */
+
+#include <proton/codec.h>
+#include <proton/condition.h>
+#include <proton/disposition.h>
+#include <proton/message.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/base/log.h"
+#include "protocol/internal.h"
+#include "protocol/message.h"
+
+#define RAW_ID_MAX 1024
+
+/* ------------------------------------------------------------ message ids */
+
+int wd_amqp__msgid_key(pn_msgid_t id, char *out, size_t cap) {
+  switch (id.type) {
+    case PN_STRING:
+    case PN_SYMBOL: {
+      pn_bytes_t b = id.u.as_bytes;
+      if (b.size == 0 || b.size >= cap || memchr(b.start, 0, b.size)) return WD_ERR_INVALID;
+      memcpy(out, b.start, b.size);
+      out[b.size] = '\0';
+      return WD_OK;
+    }
+    case PN_ULONG: snprintf(out, cap, "%llu", (unsigned long long)id.u.as_ulong); return WD_OK;
+    case PN_UUID: {
+      const uint8_t *u = (const uint8_t *)id.u.as_uuid.bytes;
+      if (cap < 37) return WD_ERR_INVALID;
+      snprintf(out, cap, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
+               u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+      return WD_OK;
+    }
+    case PN_BINARY: {
+      pn_bytes_t b = id.u.as_bytes;
+      if (b.size == 0 || b.size * 2 >= cap) return WD_ERR_INVALID;
+      for (size_t i = 0; i < b.size; i++) snprintf(out + 2 * i, 3, "%02x", (uint8_t)b.start[i]);
+      return WD_OK;
+    }
+    default: return WD_ERR_INVALID;
+  }
+}
+
+/* The id as encoded AMQP, so feedback can carry it back with its type. */
+static int msgid_raw(pn_msgid_t id, uint8_t *out, size_t cap, size_t *len) {
+  pn_data_t *d = pn_data(1);
+  if (!d) return WD_ERR_NOMEM;
+  int rc = pn_data_put_atom(d, id);
+  ssize_t n = rc == 0 ? pn_data_encode(d, (char *)out, cap) : -1;
+  pn_data_free(d);
+  if (n < 0) return WD_ERR_INVALID;
+  *len = (size_t)n;
+  return WD_OK;
+}
+
+static void new_uuid(char out[37]) {
+  uint8_t u[16];
+  wd_random_bytes(u, sizeof u);
+  u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
+  u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+  snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
+           u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+/* --------------------------------------------------------------- enqueue */
+
+typedef struct {
+  wd_amqp_t *amqp;
+  uint64_t conn_id;
+  pn_link_t *link;
+  pn_delivery_t *delivery; /* NULL when pre-settled */
+  char target[WD_ID_MAX + 1];
+  bool group;
+  int rc;
+} enqueue_job_t;
+
+static const char *enqueue_condition(int rc, const char **description) {
+  switch (rc) {
+    case WD_ERR_NOT_FOUND: *description = "no such device or group"; return "amqp:not-found";
+    case WD_ERR_DISABLED: *description = "the device is disabled"; return "amqp:precondition-failed";
+    case WD_ERR_LIMIT: *description = "the device's queue is full"; return "amqp:resource-limit-exceeded";
+    case WD_ERR_FULL: *description = "the store is full"; return "amqp:resource-limit-exceeded";
+    case WD_ERR_INVALID: *description = "invalid message"; return "amqp:invalid-field";
+    case WD_ERR_SHUTDOWN: *description = "warden is shutting down"; return "amqp:connection:forced";
+    default: *description = wd_err_str(rc); return "amqp:internal-error";
+  }
+}
+
+static void enqueue_settled(wd_conn_t *c, void *arg, bool discard) {
+  enqueue_job_t *j = arg;
+  if (!discard) {
+    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    if (j->delivery) {
+      if (j->rc == WD_OK) {
+        pn_delivery_update(j->delivery, PN_ACCEPTED);
+        pn_delivery_settle(j->delivery);
+      } else {
+        const char *description;
+        const char *condition = enqueue_condition(j->rc, &description);
+        wd_amqp__reject_PT(j->delivery, condition, description);
+      }
+    }
+    lc->pending_commits--;
+    if (lc->closed && lc->pending_commits == 0) {
+      wd_amqp__link_ctx_release_PT(j->link);
+    } else if (!lc->closed && !atomic_load(&c->amqp->stopping)) {
+      int outstanding = pn_link_credit(j->link) + lc->pending_commits;
+      if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(j->link, WD_CREDIT_WINDOW - outstanding);
+    }
+  }
+  atomic_fetch_sub(&j->amqp->inflight_commits, 1);
+  free(j);
+}
+
+static void on_enqueued(void *ctx, int rc, uint64_t count) {
+  enqueue_job_t *j = ctx;
+  j->rc = rc;
+  if (rc == WD_OK) {
+    if (j->group)
+      wd_amqp__notify_all_devices(j->amqp);
+    else
+      wd_amqp__notify_device(j->amqp, j->target);
+  }
+  (void)count;
+  wd_amqp__post(j->amqp, j->conn_id, enqueue_settled, j);
+}
+
+void wd_amqp__enqueue_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  (void)lc;
+  pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
+  pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+  pn_link_open(link);
+  pn_link_flow(link, WD_CREDIT_WINDOW);
+}
+
+/* Where a message goes: the link's address, or (anonymous relay) its `to`. */
+static int resolve_target(wd_conn_t *c, wd_link_ctx_t *lc, pn_message_t *m, wd_address_t *out, const char **why) {
+  if (lc->addr.kind != WD_ADDR_ANONYMOUS) {
+    *out = lc->addr;
+    return WD_OK;
+  }
+  const char *to = pn_message_get_address(m);
+  if (!to || !to[0]) {
+    *why = "a message on the anonymous relay needs a `to` address";
+    return WD_ERR_INVALID;
+  }
+  wd_principal_t who = {.is_device = c->who.is_device, .id = c->who.id, .scopes = c->who.scopes};
+  int rc = wd_address_authorize(&who, WD_LINK_INBOUND, to, out, why);
+  if (rc == WD_OK && !(out->kind == WD_ADDR_DEVICE_COMMANDS || out->kind == WD_ADDR_DEVICE_NOTIFICATIONS ||
+                       out->kind == WD_ADDR_GROUP_NOTIFICATIONS)) {
+    *why = "the anonymous relay takes commands and notifications only";
+    return WD_ERR_DENIED;
+  }
+  return rc;
+}
+
+/* The reply-to a command's responses go to: "responses" or "responses/<name>". */
+static void response_address(const char *reply_to, char out[WD_REPLY_TO_MAX + 1]) {
+  if (reply_to && (strcmp(reply_to, "responses") == 0 ||
+                   (strncmp(reply_to, "responses/", 10) == 0 && wd_id_valid(reply_to + 10))))
+    snprintf(out, WD_REPLY_TO_MAX + 1, "%s", reply_to);
+  else
+    snprintf(out, WD_REPLY_TO_MAX + 1, "responses");
+}
+
+void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+  wd_amqp_t *a = c->amqp;
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  size_t n;
+  uint8_t *raw = wd_amqp__recv_PT(c, link, d, &n);
+  if (!raw) return;
+  bool presettled = pn_delivery_settled(d);
+  const char *condition = NULL, *why = NULL;
+  pn_message_t *m = pn_message();
+  wd_address_t target;
+  uint8_t *stored = NULL;
+  size_t stored_len = 0;
+  enqueue_job_t *j = NULL;
+  int rc;
+
+  if (!m || pn_message_decode(m, (const char *)raw, n) != 0) {
+    condition = "amqp:decode-error";
+    why = "not a well-formed AMQP message";
+    goto refuse;
+  }
+  rc = resolve_target(c, lc, m, &target, &why);
+  if (rc < 0) {
+    condition = rc == WD_ERR_NOT_FOUND ? "amqp:not-found"
+                : rc == WD_ERR_INVALID ? "amqp:invalid-field"
+                                       : "amqp:unauthorized-access";
+    goto refuse;
+  }
+
+  /* Time to live: header ttl or absolute-expiry-time (the earlier), else the default; capped. */
+  int64_t now = wd_now_ms();
+  int64_t abs_expiry = pn_message_get_expiry_time(m);
+  pn_millis_t ttl = pn_message_get_ttl(m);
+  int64_t expiry = now + a->cfg.default_ttl_ms;
+  if (abs_expiry > 0 && abs_expiry <= now) {
+    condition = "amqp:invalid-field";
+    why = "absolute-expiry-time is in the past";
+    goto refuse;
+  }
+  if (ttl > 0 || abs_expiry > 0) {
+    expiry = INT64_MAX;
+    if (ttl > 0) expiry = now + ttl;
+    if (abs_expiry > 0 && abs_expiry < expiry) expiry = abs_expiry;
+  }
+  if (expiry > now + (int64_t)a->cfg.max_ttl_ms) expiry = now + a->cfg.max_ttl_ms;
+
+  /* The message-id keys the command's status and its feedback; one is assigned where absent. */
+  char key[WD_MSGID_KEY_MAX + 1], assigned[37] = "";
+  uint8_t id_raw[RAW_ID_MAX];
+  size_t id_raw_len = 0;
+  pn_msgid_t id = pn_message_get_id(m);
+  if (id.type == PN_NULL) {
+    new_uuid(assigned);
+    id.type = PN_STRING;
+    id.u.as_bytes = pn_bytes(strlen(assigned), assigned);
+  }
+  if (wd_amqp__msgid_key(id, key, sizeof key) < 0 || msgid_raw(id, id_raw, sizeof id_raw, &id_raw_len) < 0) {
+    condition = "amqp:invalid-field";
+    why = "message-id must be a string, ulong, uuid or binary of at most 1 KiB";
+    goto refuse;
+  }
+
+  bool from_peer = c->who.is_device;
+  const wd_msg_ann_t from[] = {{"x-opt-from-device", WD_ANN_STRING, c->who.id, 0}};
+  const wd_msg_rewrite_t how = {.drop_header = true,
+                                .strip_reserved = true,
+                                .message_id = assigned[0] ? assigned : NULL,
+                                .add = from,
+                                .n_add = from_peer ? 1 : 0};
+  size_t unused;
+  if (wd_msg_rewrite(raw, n, &how, &stored, &stored_len, &unused) < 0) {
+    condition = "amqp:decode-error";
+    why = "not a well-formed AMQP message";
+    goto refuse;
+  }
+
+  char reply_to[WD_REPLY_TO_MAX + 1];
+  response_address(pn_message_get_reply_to(m), reply_to);
+  bool command = target.kind == WD_ADDR_DEVICE_COMMANDS;
+  wd_store_enqueue_t msg = {.kind = command ? WD_QUEUE_COMMAND : WD_QUEUE_NOTIFICATION,
+                            .durable = pn_message_is_durable(m),
+                            .priority = pn_message_get_priority(m),
+                            .ttl_ms = ttl,
+                            .expiry_ms = expiry,
+                            .message_id = key,
+                            .message_id_raw = id_raw,
+                            .message_id_raw_len = id_raw_len,
+                            .reply_to = command ? reply_to : NULL,
+                            .data = stored,
+                            .len = stored_len};
+  j = malloc(sizeof *j);
+  if (!j) {
+    rc = WD_ERR_NOMEM;
+  } else {
+    *j = (enqueue_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d,
+                         .group = target.kind == WD_ADDR_GROUP_NOTIFICATIONS};
+    snprintf(j->target, sizeof j->target, "%s", target.param);
+    atomic_fetch_add(&a->inflight_commits, 1);
+    rc = j->group ? wd_store_group_enqueue(a->store, target.param, &msg, a->cfg.queue_limit, on_enqueued, j)
+                  : wd_store_queue_append(a->store, target.param, &msg, a->cfg.queue_limit, on_enqueued, j);
+    if (rc < 0) atomic_fetch_sub(&a->inflight_commits, 1);
+  }
+  if (rc < 0) {
+    condition = enqueue_condition(rc, &why);
+    free(j);
+    goto refuse;
+  }
+  if (presettled) pn_delivery_settle(d);
+  lc->pending_commits++;
+  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' enqueued %s '%s' for %s%s", (unsigned long long)c->id, c->who.id,
+         command ? "command" : "notification", key, msg.kind == WD_QUEUE_COMMAND ? "" : "", target.param);
+  pn_message_free(m);
+  free(raw);
+  return;
+
+refuse:
+  wd_log("amqp", WD_LOG_INFO, "[C%llu] refused a message from '%s': %s (%s)", (unsigned long long)c->id, c->who.id,
+         condition, why);
+  if (presettled)
+    pn_delivery_settle(d);
+  else
+    wd_amqp__reject_PT(d, condition, why);
+  free(stored);
+  pn_message_free(m);
+  free(raw);
+  int outstanding = pn_link_credit(link) + lc->pending_commits;
+  if (!lc->closed && outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
+}
+
+/* ---------------------------------------------------------------- egress */
+
+typedef struct {
+  wd_amqp_t *amqp;
+  uint64_t conn_id;
+  pn_link_t *link;
+  pn_delivery_t *delivery;
+  uint64_t seq;
+  int rc;
+} egress_job_t;
+
+static void inflight_remove(wd_link_ctx_t *lc, uint64_t seq) {
+  for (size_t i = 0; i < lc->n_inflight; i++) {
+    if (lc->inflight[i] == seq) {
+      lc->inflight[i] = lc->inflight[--lc->n_inflight];
+      return;
+    }
+  }
+}
+
+static bool inflight_add(wd_link_ctx_t *lc, uint64_t seq) {
+  if (lc->n_inflight == lc->cap_inflight) {
+    size_t cap = lc->cap_inflight ? lc->cap_inflight * 2 : 16;
+    uint64_t *p = realloc(lc->inflight, cap * sizeof *p);
+    if (!p) return false;
+    lc->inflight = p;
+    lc->cap_inflight = cap;
+  }
+  lc->inflight[lc->n_inflight++] = seq;
+  return true;
+}
+
+/* Ends a job that held the link: frees a detached link when it was the last. */
+static void egress_job_done_PT(egress_job_t *j, wd_link_ctx_t *lc) {
+  lc->pending_commits--;
+  if (lc->closed && lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(j->link);
+}
+
+static void egress_recovered(wd_conn_t *c, void *arg, bool discard) {
+  egress_job_t *j = arg;
+  if (!discard) {
+    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    lc->egress_ready = true;
+    bool closed = lc->closed;
+    egress_job_done_PT(j, lc);
+    if (!closed) wd_amqp__egress_pump_PT(c, j->link);
+  }
+  free(j);
+}
+
+static void on_store_done(void *ctx, int rc) {
+  egress_job_t *j = ctx;
+  j->rc = rc;
+  wd_amqp__post(j->amqp, j->conn_id, egress_recovered, j);
+}
+
+static void egress_settled(wd_conn_t *c, void *arg, bool discard) {
+  egress_job_t *j = arg;
+  if (!discard) {
+    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    pn_delivery_settle(j->delivery);
+    inflight_remove(lc, j->seq);
+    bool closed = lc->closed;
+    egress_job_done_PT(j, lc);
+    if (!closed) wd_amqp__egress_pump_PT(c, j->link);
+  }
+  free(j);
+}
+
+static void on_settle_done(void *ctx, int rc) {
+  egress_job_t *j = ctx;
+  j->rc = rc;
+  wd_amqp__post(j->amqp, j->conn_id, egress_settled, j);
+}
+
+static egress_job_t *egress_job(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, uint64_t seq) {
+  egress_job_t *j = malloc(sizeof *j);
+  if (j) *j = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .link = link, .delivery = d, .seq = seq};
+  return j;
+}
+
+void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  pn_link_set_snd_settle_mode(link, PN_SND_UNSETTLED);
+  pn_link_open(link);
+  pthread_mutex_lock(&c->amqp->conns_lock);
+  c->has_egress = true;
+  pthread_mutex_unlock(&c->amqp->conns_lock);
+  /* Deliveries a lost connection left unsettled count as failed before anything is sent again. */
+  egress_job_t *j = egress_job(c, link, NULL, 0);
+  if (j && wd_store_queue_recover(c->amqp->store, c->who.id, on_store_done, j) == WD_OK) {
+    lc->pending_commits++;
+  } else {
+    free(j);
+    lc->egress_ready = true;
+  }
+}
+
+void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || !lc->egress_ready || lc->closed || c->closing) return;
+  int credit = pn_link_credit(link);
+  if (credit <= 0) return;
+  wd_store_queued_t *msgs = NULL;
+  int n = wd_store_queue_read(c->amqp->store, c->who.id, lc->inflight, lc->n_inflight, (size_t)credit, wd_now_ms(),
+                              &msgs);
+  for (int i = 0; i < n; i++) {
+    wd_store_queued_t *q = &msgs[i];
+    uint8_t header[WD_MSG_HEADER_MAX], tag[8];
+    size_t hlen = wd_msg_header_encode(header, q->durable, q->priority, q->ttl_ms, q->delivery_count);
+    for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(q->seq >> (56 - 8 * b));
+    if (!inflight_add(lc, q->seq)) break;
+    pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
+    pn_link_send(link, (const char *)header, hlen);
+    pn_link_send(link, q->data, q->len);
+    pn_link_advance(link);
+    wd_store_queue_settle(c->amqp->store, c->who.id, q->seq, WD_SETTLE_DELIVERED, NULL, NULL);
+  }
+  for (int i = 0; i < n; i++) wd_store_queued_free(&msgs[i]);
+  free(msgs);
+}
+
+static uint64_t tag_seq(pn_delivery_t *d) {
+  pn_delivery_tag_t tag = pn_delivery_tag(d);
+  uint64_t seq = 0;
+  if (tag.size != 8) return 0;
+  for (size_t i = 0; i < 8; i++) seq = seq << 8 | (uint8_t)tag.start[i];
+  return seq;
+}
+
+static char outcome_marker;
+
+void wd_amqp__egress_update_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || pn_delivery_get_context(d) == &outcome_marker) return;
+  uint64_t state = pn_delivery_remote_state(d);
+  bool settled = pn_delivery_settled(d);
+  wd_settle_t how;
+  switch (state) {
+    case PN_ACCEPTED: how = WD_SETTLE_COMPLETED; break;
+    case PN_REJECTED: how = WD_SETTLE_REJECTED; break;
+    case PN_RELEASED: how = WD_SETTLE_RELEASED; break;
+    case PN_MODIFIED: {
+      pn_disposition_t *disp = pn_delivery_remote(d);
+      how = pn_disposition_is_undeliverable(disp) ? WD_SETTLE_UNDELIVERABLE
+            : pn_disposition_is_failed(disp)      ? WD_SETTLE_FAILED
+                                                  : WD_SETTLE_RELEASED;
+      break;
+    }
+    default:
+      if (!settled) return;
+      how = WD_SETTLE_COMPLETED; /* settled without an outcome: the device took it */
+  }
+  pn_delivery_set_context(d, &outcome_marker);
+  uint64_t seq = tag_seq(d);
+  egress_job_t *j = egress_job(c, link, d, seq);
+  if (j && wd_store_queue_settle(c->amqp->store, c->who.id, seq, how, on_settle_done, j) == WD_OK) {
+    lc->pending_commits++;
+    return;
+  }
+  free(j);
+  pn_delivery_settle(d);
+  inflight_remove(lc, seq);
+}
+
+void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc || lc->addr.kind != WD_ADDR_EGRESS) return;
+  pn_delivery_t *d = pn_unsettled_head(link);
+  while (d) {
+    pn_delivery_t *next = pn_unsettled_next(d);
+    if (pn_delivery_get_context(d) != &outcome_marker) {
+      wd_store_queue_settle(c->amqp->store, c->who.id, tag_seq(d), WD_SETTLE_FAILED, NULL, NULL);
+      inflight_remove(lc, tag_seq(d));
+      pn_delivery_settle(d);
+    }
+    d = next;
+  }
+}
+
+/* ----------------------------------------------------------------- notify */
+
+static void egress_pump_job(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  atomic_store(&c->egress_pending, false);
+  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
+    wd_link_ctx_t *lc = pn_link_get_context(l);
+    if (pn_link_is_sender(l) && lc && lc->addr.kind == WD_ADDR_EGRESS) wd_amqp__egress_pump_PT(c, l);
+  }
+}
+
+void wd_amqp__notify_device(wd_amqp_t *a, const char *device_id) {
+  wd_amqp__post_device(a, device_id, egress_pump_job);
+}
+
+void wd_amqp__notify_all_devices(wd_amqp_t *a) { wd_amqp__post_devices(a, egress_pump_job); }
+
+/* ------------------------------------------------------------------ codec */
+
+static size_t json_escape(char *out, size_t cap, const char *s) {
+  size_t n = 0;
+  for (; *s && n + 7 < cap; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\') {
+      out[n++] = '\\';
+      out[n++] = (char)ch;
+    } else if (ch < 0x20) {
+      n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
+    } else {
+      out[n++] = (char)ch;
+    }
+  }
+  out[n] = '\0';
+  return n;
+}
+
+static void *encode_message(pn_message_t *m, size_t *len) {
+  size_t cap = 1024;
+  for (int tries = 0; tries < 8; tries++, cap *= 4) {
+    char *buf = malloc(cap);
+    if (!buf) return NULL;
+    size_t n = cap;
+    int rc = pn_message_encode(m, buf, &n);
+    if (rc == 0) {
+      *len = n;
+      return buf;
+    }
+    free(buf);
+    if (rc != PN_OVERFLOW) return NULL;
+  }
+  return NULL;
+}
+
+static void *codec_feedback(void *arg, const char *device_id, const wd_store_queued_t *cmd, const char *status,
+                            int64_t time_ms, size_t *len, size_t *seq_offset) {
+  (void)arg;
+  pn_message_t *m = pn_message();
+  pn_data_t *idd = pn_data(1);
+  if (!m || !idd) {
+    pn_message_free(m);
+    pn_data_free(idd);
+    return NULL;
+  }
+  if (pn_data_decode(idd, cmd->message_id_raw, cmd->message_id_raw_len) > 0 && (pn_data_rewind(idd), pn_data_next(idd)))
+    pn_message_set_correlation_id(m, pn_data_get_atom(idd));
+  pn_data_free(idd);
+  pn_message_set_durable(m, true);
+  pn_message_set_content_type(m, "application/json");
+  pn_data_t *props = pn_message_properties(m);
+  pn_data_put_map(props);
+  pn_data_enter(props);
+  pn_data_put_string(props, pn_bytes(9, "device-id"));
+  pn_data_put_string(props, pn_bytes(strlen(device_id), device_id));
+  pn_data_put_string(props, pn_bytes(6, "status"));
+  pn_data_put_string(props, pn_bytes(strlen(status), status));
+  pn_data_put_string(props, pn_bytes(4, "time"));
+  pn_data_put_timestamp(props, time_ms);
+  pn_data_exit(props);
+  char when[25], id[2 * WD_MSGID_KEY_MAX + 8], body[2 * WD_MSGID_KEY_MAX + 256];
+  wd_iso8601(time_ms, when);
+  json_escape(id, sizeof id, cmd->message_id);
+  int blen = snprintf(body, sizeof body, "{\"deviceId\":\"%s\",\"messageId\":\"%s\",\"status\":\"%s\",\"time\":\"%s\"}",
+                      device_id, id, status, when);
+  pn_data_put_binary(pn_message_body(m), pn_bytes((size_t)blen, body));
+  size_t raw_len;
+  void *raw = encode_message(m, &raw_len);
+  pn_message_free(m);
+  if (!raw) return NULL;
+  uint8_t *out = NULL;
+  int rc = wd_msg_annotate(raw, raw_len, device_id, time_ms, &out, len, seq_offset);
+  free(raw);
+  return rc == WD_OK ? out : NULL;
+}
+
+static void *codec_deadletter(void *arg, const char *device_id, const wd_store_queued_t *msg, const char *reason,
+                              int64_t time_ms, size_t *len, size_t *seq_offset) {
+  (void)arg;
+  uint8_t header[WD_MSG_HEADER_MAX];
+  size_t hlen = wd_msg_header_encode(header, msg->durable, msg->priority, msg->ttl_ms, msg->delivery_count);
+  uint8_t *whole = malloc(hlen + msg->len);
+  if (!whole) return NULL;
+  memcpy(whole, header, hlen);
+  memcpy(whole + hlen, msg->data, msg->len);
+  const wd_msg_ann_t add[] = {
+      {"x-opt-deadletter-reason", WD_ANN_STRING, reason, 0},
+      {"x-opt-deadletter-time", WD_ANN_TIMESTAMP, NULL, time_ms},
+      {"x-opt-device-id", WD_ANN_STRING, device_id, 0},
+      {"x-opt-sequence-number", WD_ANN_SEQUENCE, NULL, 0},
+  };
+  const wd_msg_rewrite_t how = {.add = add, .n_add = 4};
+  uint8_t *out = NULL;
+  int rc = wd_msg_rewrite(whole, hlen + msg->len, &how, &out, len, seq_offset);
+  free(whole);
+  return rc == WD_OK ? out : NULL;
+}
+
+void wd_amqp__codec_install(wd_amqp_t *a, uint32_t max_delivery_count) {
+  const wd_store_codec_t codec = {.arg = a, .feedback = codec_feedback, .deadletter = codec_deadletter};
+  wd_store_set_codec(a->store, &codec, max_delivery_count);
+}
