@@ -285,11 +285,7 @@ static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
   lc->addr = addr;
   pn_link_set_context(link, lc);
   if (inbound) {
-    if (c->who.is_device && (addr.kind == WD_ADDR_TELEMETRY || addr.kind == WD_ADDR_INQUIRIES ||
-                             addr.kind == WD_ADDR_RESPONSES))
-      wd_amqp__log_inbound_open_PT(c, link, lc);
-    else
-      wd_amqp__enqueue_open_PT(c, link, lc);
+    wd_amqp__inbound_open_PT(c, link, lc);
     return;
   }
   if (addr.kind == WD_ADDR_EGRESS) {

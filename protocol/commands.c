@@ -114,9 +114,8 @@ static void enqueue_settled(wd_conn_t *c, void *arg, bool discard) {
     lc->pending_commits--;
     if (lc->closed && lc->pending_commits == 0) {
       wd_amqp__link_ctx_release_PT(j->link);
-    } else if (!lc->closed && !atomic_load(&c->amqp->stopping)) {
-      int outstanding = pn_link_credit(j->link) + lc->pending_commits;
-      if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(j->link, WD_CREDIT_WINDOW - outstanding);
+    } else {
+      wd_amqp__top_up_PT(j->link, lc, c->amqp);
     }
   }
   atomic_fetch_sub(&j->amqp->inflight_commits, 1);
@@ -134,14 +133,6 @@ static void on_enqueued(void *ctx, int rc, uint64_t count) {
   }
   (void)count;
   wd_amqp__post(j->amqp, j->conn_id, enqueue_settled, j);
-}
-
-void wd_amqp__enqueue_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
-  (void)lc;
-  pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
-  pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
-  pn_link_open(link);
-  pn_link_flow(link, WD_CREDIT_WINDOW);
 }
 
 /* Where a message goes: the link's address, or (anonymous relay) its `to`. */
@@ -298,8 +289,7 @@ refuse:
   free(stored);
   pn_message_free(m);
   free(raw);
-  int outstanding = pn_link_credit(link) + lc->pending_commits;
-  if (!lc->closed && outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
+  wd_amqp__top_up_PT(link, lc, a);
 }
 
 /* ---------------------------------------------------------------- egress */

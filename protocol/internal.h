@@ -148,7 +148,8 @@ void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls);
 bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out);
 
 /* logs.c: device messages into logs; services reading logs. */
-void wd_amqp__log_inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
+/* Opens any link the peer sends on: a device writing a log, or anyone enqueueing. */
+void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
 void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
 int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
 void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link);
@@ -157,7 +158,6 @@ void wd_amqp__log_release_unsettled_PT(pn_link_t *link);
 void wd_amqp__log_appended(void *arg, wd_store_log_t *log);
 
 /* commands.c: enqueueing, and delivering device queues. */
-void wd_amqp__enqueue_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
 void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
 void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
 void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link);
@@ -179,6 +179,8 @@ int wd_amqp__msgid_key(pn_msgid_t id, char *out, size_t cap);
  * Returns the buffer (owned) or NULL after settling/closing as appropriate. */
 uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len);
 void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description);
+/* Grants credit so that credit plus commits pending stays near WD_CREDIT_WINDOW. */
+void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a);
 
 /* amqp.c */
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);

@@ -34,7 +34,7 @@ typedef struct {
   int rc;
 } commit_job_t;
 
-static void top_up_credit(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
+void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (lc->closed || atomic_load(&a->stopping)) return;
   int credit = pn_link_credit(link);
   int outstanding = credit + lc->pending_commits;
@@ -49,13 +49,18 @@ void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *des
   pn_delivery_settle(d);
 }
 
+/* A transfer still arriving that has grown this far past the limit ends its
+ * link: rejecting it would mean buffering all of it first. */
+#define OVERSIZE_SLACK (64 * 1024)
+
 uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len) {
   wd_amqp_t *a = c->amqp;
   wd_link_ctx_t *lc = pn_link_get_context(link);
   size_t pending = pn_delivery_pending(d);
-  if (pending > a->cfg.max_message_size) {
-    /* Refuse to buffer it: a message larger than the limit ends the link. */
-    wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' sent a message over %u bytes; detaching the link",
+  bool partial = pn_delivery_partial(d);
+  if (pending > a->cfg.max_message_size && (partial || !pn_delivery_readable(d))) {
+    if (pending <= (size_t)a->cfg.max_message_size + OVERSIZE_SLACK) return NULL; /* wait for the rest */
+    wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' is sending a message far over %u bytes; detaching the link",
            (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
     pn_condition_t *cond = pn_link_condition(link);
     pn_condition_set_name(cond, "amqp:link:message-size-exceeded");
@@ -64,7 +69,18 @@ uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_
     lc->closed = true;
     return NULL;
   }
-  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return NULL;
+  if (!pn_delivery_readable(d) || partial) return NULL;
+  if (pending > a->cfg.max_message_size) {
+    pn_link_advance(link);
+    wd_log("amqp", WD_LOG_INFO, "[C%llu] rejected a message of %zu bytes from '%s' (limit %u)",
+           (unsigned long long)c->id, pending, c->who.id, a->cfg.max_message_size);
+    if (pn_delivery_settled(d))
+      pn_delivery_settle(d);
+    else
+      wd_amqp__reject_PT(d, "amqp:link:message-size-exceeded", "message larger than max_message_size");
+    wd_amqp__top_up_PT(link, lc, a);
+    return NULL;
+  }
   uint8_t *raw = malloc(pending ? pending : 1);
   ssize_t n = raw ? pn_link_recv(link, (char *)raw, pending) : -1;
   pn_link_advance(link);
@@ -99,7 +115,7 @@ static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
     if (lc->closed && lc->pending_commits == 0)
       wd_amqp__link_ctx_release_PT(j->link);
     else
-      top_up_credit(j->link, lc, c->amqp);
+      wd_amqp__top_up_PT(j->link, lc, c->amqp);
   }
   atomic_fetch_sub(&j->amqp->inflight_commits, 1);
   free(j);
@@ -111,8 +127,12 @@ static void on_committed(void *ctx, int rc) {
   wd_amqp__post(j->amqp, j->conn_id, settle_committed, j);
 }
 
-void wd_amqp__log_inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
-  const char *name = lc->addr.kind == WD_ADDR_TELEMETRY ? "telemetry" : lc->addr.kind == WD_ADDR_INQUIRIES ? "inquiries" : NULL;
+void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
+  /* A device writing a log; any other inbound link enqueues (lc->log stays NULL). */
+  const char *name = !c->who.is_device                    ? NULL
+                     : lc->addr.kind == WD_ADDR_TELEMETRY ? "telemetry"
+                     : lc->addr.kind == WD_ADDR_INQUIRIES ? "inquiries"
+                                                          : NULL;
   if (name) wd_store_log_open(c->amqp->store, name, &lc->log);
   pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
   pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
@@ -152,7 +172,7 @@ void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d
       pn_delivery_settle(d);
     else
       wd_amqp__reject_PT(d, "amqp:decode-error", "not a well-formed AMQP message");
-    top_up_credit(link, lc, a);
+    wd_amqp__top_up_PT(link, lc, a);
     return;
   }
   commit_job_t *j = malloc(sizeof *j);
@@ -172,13 +192,13 @@ void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d
     else
       wd_amqp__reject_PT(d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
                          wd_err_str(rc));
-    top_up_credit(link, lc, a);
+    wd_amqp__top_up_PT(link, lc, a);
     return;
   }
   /* At-most-once for a pre-settled message: it is forgotten whether or not it commits. */
   if (presettled) pn_delivery_settle(d);
   lc->pending_commits++;
-  top_up_credit(link, lc, a);
+  wd_amqp__top_up_PT(link, lc, a);
 }
 
 int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
