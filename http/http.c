@@ -205,7 +205,8 @@ static enum MHD_Result answer_json(wd_http_req_t *r, unsigned status, json_t *j 
 static json_t *device_render(wd_http_t *h, const wd_device_t *d, const char *key_b64) {
   wd_http_live_t live = {0};
   if (h->ops.device_connected) live.connected = h->ops.device_connected(h->ops.ctx, d->id, &live.last_seen_ms);
-  /* TODO(#3): queueDepth from the device's command queue once it exists. */
+  uint32_t depth = 0;
+  if (wd_store_queue_depth(h->store, d->id, &depth) == WD_OK) live.queue_depth = depth;
   return wd_http__device_render(d, &live, h->default_queue_limit, key_b64);
 }
 
