@@ -74,6 +74,8 @@ static void http_revoke(void *ctx, const char *device_id, const char *reason) {
   wd_amqp_revoke_device(ctx, device_id, reason);
 }
 
+static bool http_is_service(void *ctx, const char *name) { return wd_amqp_is_service(ctx, name); }
+
 static bool http_connected(void *ctx, const char *device_id, int64_t *last_seen_ms) {
   return wd_amqp_device_connected(ctx, device_id, last_seen_ms);
 }
@@ -177,6 +179,7 @@ static int serve(const char *config_path) {
                              .tls_key = cfg->http_tls_key,
                              .default_queue_limit = cfg->queue_limit};
     wd_http_ops_t ops = {.ctx = amqp, .authenticate = http_authenticate, .revoke_device = http_revoke,
+                         .is_service = http_is_service,
                          .device_connected = http_connected};
     if ((rc = wd_http_start(&hcfg, store, &ops, &http)) < 0) {
       fprintf(stderr, "warden: cannot start REST on %s: %s\n", cfg->http_listen, wd_err_str(rc));

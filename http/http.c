@@ -95,6 +95,7 @@ struct wd_http_req {
   uint8_t key[WD_KEY_BYTES];   /* the key a CREATE or ROTATE sets */
   bool key_fresh;
   char old_thumbprint[WD_THUMBPRINT_HEX + 1]; /* before an UPDATE */
+  bool old_has_key;                           /* before an UPDATE */
 
   /* Guarded by g_lock while state == REQ_WAITING. */
   pending_t *pending;
@@ -420,15 +421,20 @@ static enum MHD_Result put_update(wd_http_req_t *r) {
   c.groups = r->dev.groups;
   c.peers = r->dev.peers;
   c.queue_limit = r->dev.queue_limit;
-  /* Credentials change only when the body speaks of them. */
+  /* Credentials change only when the body speaks of them; "key": false drops the key. */
   memcpy(c.thumbprint, r->dev.has_auth ? r->dev.thumbprint : cur->thumbprint, sizeof c.thumbprint);
+  c.has_key = cur->has_key && !(r->dev.has_auth && !r->dev.key);
   memcpy(r->old_thumbprint, cur->thumbprint, sizeof r->old_thumbprint);
+  r->old_has_key = cur->has_key;
   wd_device_free(cur);
   return submit(r, WD_DEVICE_UPDATE, &c);
 }
 
 static enum MHD_Result device_put(wd_http_req_t *r) {
   char msg[256];
+  /* A device named like a service could never log in: PLAIN user names are looked up as services first. */
+  if (r->h->ops.is_service && r->h->ops.is_service(r->h->ops.ctx, r->route.id))
+    return answer_error(r, MHD_HTTP_CONFLICT, "conflict", "the id %s is the name of a service", r->route.id);
   int rc = wd_http__device_body_parse(r->body ? r->body : "", r->body_len, r->route.id, &r->dev, msg, sizeof msg);
   if (rc == WD_ERR_INVALID) return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "%s", msg);
   if (rc < 0) return answer_store_error(r, rc);
@@ -472,7 +478,8 @@ static enum MHD_Result put_done(wd_http_req_t *r, int rc) {
   if (rc == WD_OK) {
     wd_device_t *d = take_after(r);
     if (!d) return answer_store_error(r, WD_ERR_NOMEM);
-    if (r->old_thumbprint[0] && strcmp(r->old_thumbprint, d->thumbprint) != 0) revoke_device(r, "credentials changed");
+    if ((r->old_thumbprint[0] && strcmp(r->old_thumbprint, d->thumbprint) != 0) || (r->old_has_key && !d->has_key))
+      revoke_device(r, "credentials changed");
     enum MHD_Result ret = answer_device(r, MHD_HTTP_OK, d, false);
     wd_device_free(d);
     return ret;

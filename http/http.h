@@ -21,6 +21,8 @@ typedef struct {
   /* Closes the live AMQP connection of a device, if any, with
    * amqp:unauthorized-access and `reason`, within 100 ms. Thread-safe, never blocks. */
   void (*revoke_device)(void *ctx, const char *device_id, const char *reason);
+  /* True if `name` is a configured service (device ids may not take it). Thread-safe. */
+  bool (*is_service)(void *ctx, const char *name);
   /* True while the device has a live, authenticated connection. Thread-safe. */
   bool (*device_connected)(void *ctx, const char *device_id, int64_t *last_seen_ms);
 } wd_http_ops_t;

@@ -140,6 +140,11 @@ int wd_amqp_wait_listening(wd_amqp_t *a) {
   return rc;
 }
 
+static void close_for_shutdown(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (!discard) wd_amqp__conn_close_PT(c, "amqp:connection:forced", "warden is shutting down");
+}
+
 void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
   atomic_store(&a->stopping, true);
   pthread_mutex_lock(&a->listen_lock);
@@ -152,6 +157,11 @@ void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
   if (atomic_load(&a->inflight_commits) > 0)
     wd_log("amqp", WD_LOG_WARNING, "%d telemetry messages were still being committed at shutdown; their senders "
            "will send them again", atomic_load(&a->inflight_commits));
+  /* Close every connection properly, so that peers learn why; then cut off
+     whoever has not answered within a second. */
+  wd_amqp__post_all(a, close_for_shutdown);
+  for (int waited = 0; wd_amqp__conn_count(a) > 0 && waited < 1000; waited += 5)
+    nanosleep(&(struct timespec){0, 5000000L}, NULL);
   pn_proactor_cancel_timeout(a->proactor);
   pn_condition_t *cond = pn_condition();
   pn_condition_set_name(cond, "amqp:connection:forced");
@@ -182,6 +192,12 @@ int wd_amqp_authenticate_service(wd_amqp_t *a, const char *secret, unsigned *sco
     }
   }
   return rc;
+}
+
+bool wd_amqp_is_service(wd_amqp_t *a, const char *name) {
+  for (size_t i = 0; i < a->cfg.n_services; i++)
+    if (strcmp(a->cfg.services[i].name, name) == 0) return true;
+  return false;
 }
 
 void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *description) {

@@ -61,6 +61,9 @@ void wd_amqp_free(wd_amqp_t *a);
 /* Authenticates a service by secret. 0 and *scopes, or WD_ERR_DENIED. Thread-safe. */
 int wd_amqp_authenticate_service(wd_amqp_t *a, const char *secret, unsigned *scopes);
 
+/* True if `name` is a configured service. Thread-safe. */
+bool wd_amqp_is_service(wd_amqp_t *a, const char *name);
+
 /* Closes the device's live connection with amqp:unauthorized-access. Thread-safe. */
 void wd_amqp_revoke_device(wd_amqp_t *a, const char *device_id, const char *reason);
 

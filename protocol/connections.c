@@ -245,6 +245,17 @@ void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn) {
   pthread_mutex_unlock(&a->conns_lock);
 }
 
+void wd_amqp__post_all(wd_amqp_t *a, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (size_t b = 0; b < a->n_buckets; b++) {
+    for (wd_conn_t *c = a->by_id[b]; c; c = c->by_id_next) {
+      wd_job_t *job = malloc(sizeof *job);
+      if (job) post_locked(c, fn, NULL, job);
+    }
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn) {
   pthread_mutex_lock(&a->conns_lock);
   for (size_t b = 0; b < a->n_buckets; b++) {

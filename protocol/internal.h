@@ -132,6 +132,8 @@ void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn);
 void wd_amqp__post_device(wd_amqp_t *a, const char *device_id, wd_job_fn fn);
 /* The same for every device connection that receives its queue. */
 void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn);
+/* Posts fn to every connection. */
+void wd_amqp__post_all(wd_amqp_t *a, wd_job_fn fn);
 /* Posts fn to each device connection whose token expired by now_s. */
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn);
 

@@ -112,12 +112,6 @@ static bool verify_service(wd_amqp_t *a, const char *name, const char *secret, w
   return ok;
 }
 
-static bool is_service_name(wd_amqp_t *a, const char *name) {
-  for (size_t i = 0; i < a->cfg.n_services; i++)
-    if (strcmp(a->cfg.services[i].name, name) == 0) return true;
-  return false;
-}
-
 static bool verify_device(wd_amqp_t *a, const char *id, const char *password, wd_identity_t *who,
                           const char **why) {
   wd_device_t *d = NULL;
@@ -205,7 +199,7 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
       if (password) {
         why = "wrong secret";
         mech = "PLAIN";
-        if (is_service_name(a, user))
+        if (wd_amqp_is_service(a, user))
           ok = verify_service(a, user, password, &who);
         else if (wd_id_valid(user))
           ok = verify_device(a, user, password, &who, &why);

@@ -297,6 +297,10 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
       if ((rc = replace_string(&d->groups, chg->groups)) < 0 || (rc = replace_string(&d->peers, chg->peers)) < 0)
         goto done;
       d->queue_limit = chg->queue_limit;
+      if (!chg->has_key) {
+        d->has_key = false;
+        explicit_bzero(d->key, sizeof d->key);
+      }
       break;
     case WD_DEVICE_ENABLE: d->enabled = true; break;
     case WD_DEVICE_DISABLE: d->enabled = false; break;

@@ -76,7 +76,8 @@ int wd_store_device_list(wd_store_t *s, const char *after, size_t limit, wd_devi
 
 typedef enum {
   WD_DEVICE_CREATE,  /* fails WD_ERR_EXISTS if the id is taken */
-  WD_DEVICE_UPDATE,  /* replaces groups, peers, queue_limit, thumbprint; keeps key and enabled */
+  WD_DEVICE_UPDATE,  /* replaces groups, peers, queue_limit, thumbprint; drops the key when change->has_key
+                        is false (keys are only ever added by CREATE and ROTATE); keeps enabled */
   WD_DEVICE_ENABLE,
   WD_DEVICE_DISABLE,
   WD_DEVICE_ROTATE,  /* replaces the key with change->key */
