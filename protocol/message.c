@@ -140,8 +140,19 @@ static bool in_order(unsigned last, unsigned code) {
   return code > last || (code == last && (code == 0x75 || code == 0x76));
 }
 
-/* A compound's element count and first element (list or map, any width). */
+/* A compound's element count and first element (list or map, any width);
+ * false unless exactly `count` well-formed elements fill it. */
+static bool compound_header(const uint8_t *v, const uint8_t *end, size_t *count, const uint8_t **first);
+
 static bool compound(const uint8_t *v, const uint8_t *end, size_t *count, const uint8_t **first) {
+  if (!compound_header(v, end, count, first)) return false;
+  const uint8_t *p = *first;
+  for (size_t i = 0; i < *count; i++)
+    if (!(p = skip(p, end, 1))) return false;
+  return p == end;
+}
+
+static bool compound_header(const uint8_t *v, const uint8_t *end, size_t *count, const uint8_t **first) {
   if (v[0] == 0x45 || v[0] == 0x40) { /* list0, or null as an empty map */
     *count = 0;
     *first = v + 1;

@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,17 +32,16 @@ static int field(const char *list, const char *name, char *out, size_t cap) {
   return found ? WD_OK : WD_ERR_INVALID;
 }
 
-static void sign(const uint8_t key[WD_KEY_BYTES], const char *sr_encoded, const char *se, uint8_t mac[32]) {
+/* Computes the signature; false (and nothing usable in mac) when out of memory. */
+static bool sign(const uint8_t key[WD_KEY_BYTES], const char *sr_encoded, const char *se, uint8_t mac[32]) {
   size_t len = strlen(sr_encoded) + 1 + strlen(se);
   char *msg = malloc(len + 1);
   unsigned int mac_len = 32;
-  if (!msg) {
-    memset(mac, 0, 32);
-    return;
-  }
+  if (!msg) return false;
   sprintf(msg, "%s\n%s", sr_encoded, se);
-  HMAC(EVP_sha256(), key, WD_KEY_BYTES, (const unsigned char *)msg, len, mac, &mac_len);
+  bool ok = HMAC(EVP_sha256(), key, WD_KEY_BYTES, (const unsigned char *)msg, len, mac, &mac_len) != NULL;
   free(msg);
+  return ok && mac_len == 32;
 }
 
 int wd_sas_verify(const char *token, const char *hostname, const char *device_id,
@@ -70,7 +70,7 @@ int wd_sas_verify(const char *token, const char *hostname, const char *device_id
   if (glen < 0) return WD_ERR_INVALID;
   uint8_t mac[32];
   /* IoT Hub signs the resource as it appears, URL-encoded, in the token. */
-  sign(key, sr_raw, se, mac);
+  if (!sign(key, sr_raw, se, mac)) return WD_ERR_NOMEM;
   bool ok = wd_secure_equal(mac, sizeof mac, given, (size_t)glen);
   explicit_bzero(mac, sizeof mac);
   if (!ok || expiry <= now_s) return WD_ERR_DENIED;
@@ -90,7 +90,10 @@ char *wd_sas_build(const char *hostname, const char *device_id, const uint8_t ke
   char se[24];
   snprintf(se, sizeof se, "%lld", (long long)expiry_s);
   uint8_t mac[32];
-  sign(key, sr, se, mac);
+  if (!sign(key, sr, se, mac)) {
+    free(sr);
+    return NULL;
+  }
   char b64[64];
   wd_base64_encode(mac, sizeof mac, b64);
   char *sig = wd_url_encode(b64);

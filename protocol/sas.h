@@ -12,7 +12,7 @@
 
 /* Checks `token` for `device_id` against its key. Returns 0 and sets
  * *expiry_s, or WD_ERR_INVALID (malformed), WD_ERR_DENIED (wrong resource,
- * wrong signature or expired at now_s). */
+ * wrong signature or expired at now_s), WD_ERR_NOMEM. */
 int wd_sas_verify(const char *token, const char *hostname, const char *device_id,
                   const uint8_t key[WD_KEY_BYTES], int64_t now_s, int64_t *expiry_s);
 

@@ -43,6 +43,7 @@ struct wd_store_log {
   wd_store_t *store;
   uint32_t id;
   bool persisted;         /* its entry in the logs DBI exists; the writer's */
+  bool written;           /* the open transaction wrote its entry; the writer's */
   uint64_t next_seq;      /* the writer's */
   uint64_t persisted_seq; /* the next_seq last written to the logs DBI; the writer's */
   _Atomic uint64_t committed_next_seq;
@@ -198,7 +199,7 @@ int wd_store__logs_load(wd_store_t *s, MDB_txn *txn) {
     if (!g)
       err = WD_ERR_NOMEM;
     else
-      g->persisted_floor = g->written_floor = wd_store__be_u64(v.mv_data);
+      g->persisted_floor = wd_store__be_u64(v.mv_data);
   }
   mdb_cursor_close(cur);
   if (err < 0) return err;
@@ -276,6 +277,12 @@ int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *da
 void wd_store__logs_rollback(wd_store_t *s) {
   for (size_t i = 0; i < s->n_touched; i++) s->touched[i].log->next_seq = s->touched[i].seq_before;
   s->n_touched = 0;
+  pthread_mutex_lock(&s->logs_lock);
+  for (wd_store_log_t *log = s->logs; log; log = log->next_log) {
+    log->written = false;
+    for (wd_store_group_t *g = log->groups; g; g = g->next_group) g->written_floor = 0;
+  }
+  pthread_mutex_unlock(&s->logs_lock);
 }
 
 static void publish(wd_store_t *s) {
@@ -326,6 +333,7 @@ int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn) {
   pthread_mutex_lock(&s->logs_lock);
   for (wd_store_log_t *log = s->logs; log && rc == WD_OK; log = log->next_log) {
     if (!log->persisted || log->persisted_seq != log->next_seq) {
+      log->written = true;
       put_be32(buf, log->id);
       wd_store__u64_be(buf + 4, log->next_seq);
       MDB_val k = {strlen(log->name), log->name}, v = {12, buf};
@@ -354,14 +362,20 @@ int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn) {
   return rc;
 }
 
-/* After a commit of logs_persist: what was written is now the store's. */
+/* After a commit of logs_persist: what it wrote - and only that, since logs
+ * and groups may have been opened meanwhile - is now the store's. */
 static void mark_persisted(wd_store_t *s) {
   pthread_mutex_lock(&s->logs_lock);
   for (wd_store_log_t *log = s->logs; log; log = log->next_log) {
-    log->persisted = true;
-    log->persisted_seq = log->next_seq;
-    for (wd_store_group_t *g = log->groups; g; g = g->next_group)
+    if (log->written) {
+      log->persisted = true;
+      log->persisted_seq = log->next_seq;
+      log->written = false;
+    }
+    for (wd_store_group_t *g = log->groups; g; g = g->next_group) {
       if (g->written_floor) g->persisted_floor = g->written_floor;
+      g->written_floor = 0;
+    }
   }
   pthread_mutex_unlock(&s->logs_lock);
 }

@@ -560,28 +560,32 @@ typedef struct {
 } settle_op_t;
 
 static int apply_recover(wd_store_t *s, MDB_txn *txn, settle_op_t *op) {
-  /* Collect first: settling writes to the DBI the cursor walks. */
+  /* In rounds: settling writes to the DBI the cursor walks, so collect first.
+     Each round clears the flags it found, so the next finds only the rest. */
   uint64_t seqs[256];
-  size_t n = 0;
-  MDB_cursor *cur;
-  int rc = mdb_cursor_open(txn, s->dbi_queues, &cur);
-  if (rc) return wd_store__map_rc(rc);
-  uint8_t key[WD_ID_MAX + 9];
-  size_t plen = queue_key(key, op->device, 0) - 8;
-  MDB_val k = {plen + 8, key}, v;
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS && n < 256;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    if (k.mv_size != plen + 8 || memcmp(k.mv_data, key, plen) != 0) break;
-    const uint8_t *p = v.mv_data;
-    if (v.mv_size > 2 && (p[2] & FLAG_DELIVERED)) seqs[n++] = wd_store__be_u64((uint8_t *)k.mv_data + plen);
-  }
-  mdb_cursor_close(cur);
   int64_t now = wd_now_ms();
-  for (size_t i = 0; i < n; i++) {
-    view_t view;
-    if ((rc = get_view(s, txn, op->device, seqs[i], &view)) < 0) return rc;
-    if ((rc = failed(s, txn, op->device, &view, now)) < 0) return rc;
-  }
+  size_t n;
+  do {
+    n = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->dbi_queues, &cur);
+    if (rc) return wd_store__map_rc(rc);
+    uint8_t key[WD_ID_MAX + 9];
+    size_t plen = queue_key(key, op->device, 0) - 8;
+    MDB_val k = {plen + 8, key}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS && n < 256;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      if (k.mv_size != plen + 8 || memcmp(k.mv_data, key, plen) != 0) break;
+      const uint8_t *p = v.mv_data;
+      if (v.mv_size > 2 && (p[2] & FLAG_DELIVERED)) seqs[n++] = wd_store__be_u64((uint8_t *)k.mv_data + plen);
+    }
+    mdb_cursor_close(cur);
+    for (size_t i = 0; i < n; i++) {
+      view_t view;
+      if ((rc = get_view(s, txn, op->device, seqs[i], &view)) < 0) return rc;
+      if ((rc = failed(s, txn, op->device, &view, now)) < 0) return rc;
+    }
+  } while (n == 256);
   return WD_OK;
 }
 
@@ -861,6 +865,7 @@ int wd_store_queue_read(wd_store_t *s, const char *device_id, const uint64_t *sk
 }
 
 int wd_store_queue_depth(wd_store_t *s, const char *device_id, uint32_t *depth) {
+  if (!wd_id_valid(device_id)) return WD_ERR_NOT_FOUND;
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
   if (rc) return wd_store__map_rc(rc);

@@ -149,6 +149,7 @@ int wd_store_device_get(wd_store_t *s, const char *id, wd_device_t **out) {
 }
 
 int wd_store_device_by_thumbprint(wd_store_t *s, const char *thumbprint, char id_out[WD_ID_MAX + 1]) {
+  if (!wd_thumbprint_valid(thumbprint)) return WD_ERR_NOT_FOUND;
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
   if (rc) return wd_store__map_rc(rc);
@@ -263,6 +264,22 @@ static int replace_string(char **dst, const char *src) {
   return WD_OK;
 }
 
+static const char generation_key[] = "device_generation";
+
+/* The next registry generation, store-wide, so that a device deleted and
+ * created again never repeats a generation a connection was admitted with. */
+static int next_generation(wd_store_t *s, MDB_txn *txn, uint64_t *out) {
+  MDB_val k = {sizeof generation_key - 1, (void *)generation_key}, v;
+  int rc = mdb_get(txn, s->dbi_meta, &k, &v);
+  uint64_t g = rc == MDB_SUCCESS && v.mv_size == 8 ? wd_store__be_u64(v.mv_data) : 0;
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return wd_store__map_rc(rc);
+  uint8_t buf[8];
+  wd_store__u64_be(buf, ++g);
+  v = (MDB_val){8, buf};
+  *out = g;
+  return wd_store__map_rc(mdb_put(txn, s->dbi_meta, &k, &v, 0));
+}
+
 static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
   device_op_t *op = (device_op_t *)base;
   const wd_device_t *chg = op->change;
@@ -277,7 +294,7 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
     }
     if (rc != WD_ERR_NOT_FOUND) return rc;
     if (!(d = wd_device_dup(chg))) return WD_ERR_NOMEM;
-    d->generation = 1;
+    if ((rc = next_generation(s, txn, &d->generation)) < 0) goto done;
     d->created_ms = d->updated_ms = now;
     if (d->thumbprint[0] && (rc = claim_thumbprint(s, txn, d->thumbprint, d->id)) < 0) goto done;
     if ((rc = wd_store__members_update(s, txn, d->id, "", d->groups)) < 0) goto done;
@@ -320,7 +337,7 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
     }
     case WD_DEVICE_CREATE: break; /* handled above */
   }
-  d->generation++;
+  if ((rc = next_generation(s, txn, &d->generation)) < 0) goto done;
   d->updated_ms = now;
   rc = put_record(s, txn, d);
 done:

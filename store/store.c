@@ -7,6 +7,7 @@
  * durability cost latency rather than throughput. */
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -253,6 +254,23 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     mdb_env_close(s->env);
     free(s);
     return err;
+  }
+  /* A data file shorter than its own meta page says would fault (SIGBUS) on
+     the first read of a missing page: refuse it instead, untouched. */
+  MDB_envinfo info;
+  MDB_stat st;
+  struct stat file;
+  char data_path[4096];
+  snprintf(data_path, sizeof data_path, "%s/data.mdb", path);
+  if (mdb_env_info(s->env, &info) == MDB_SUCCESS && mdb_env_stat(s->env, &st) == MDB_SUCCESS &&
+      stat(data_path, &file) == 0 && (uint64_t)(info.me_last_pgno + 1) * st.ms_psize > (uint64_t)file.st_size) {
+    wd_log("store", WD_LOG_ERROR,
+           "store at %s is truncated: %s holds %lld bytes but its last page ends at %llu; the store was left "
+           "untouched (restore it from a backup)",
+           path, data_path, (long long)file.st_size, (unsigned long long)(info.me_last_pgno + 1) * st.ms_psize);
+    mdb_env_close(s->env);
+    free(s);
+    return WD_ERR_CORRUPT;
   }
   int stale = 0;
   mdb_reader_check(s->env, &stale); /* reader slots of a process that was killed */

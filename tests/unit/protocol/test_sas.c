@@ -353,12 +353,6 @@ static void test_build_returns_null_when_out_of_memory(void **state) {
 
 static void test_verify_fails_closed_when_out_of_memory(void **state) {
   (void)state;
-  /* BUG: protocol/sas.c sign() zeroes the MAC when malloc fails and returns
-   * nothing, so wd_sas_verify then compares the token's signature with 32 zero
-   * bytes: a token whose sig is base64(32 zero bytes) is accepted for any
-   * device under memory pressure (fails open). Expected WD_ERR_NOMEM or
-   * WD_ERR_DENIED. Skipped until sas.c fails closed. */
-  skip();
   const char *forged = "SharedAccessSignature sr=warden.example.com%2Fdevices%2Fd1"
                        "&sig=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D&se=1800000000";
   fail_mallocs = true;

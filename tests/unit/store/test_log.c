@@ -542,17 +542,6 @@ static void *open_logs(void *arg) {
 }
 
 static void test_logs_opened_while_the_writer_commits_survive_reopen(void **state) {
-  /* BUG: store/log.c mark_persisted() runs after the commit and marks every
-   * log in the list persisted, including a log another thread opened after
-   * wd_store__logs_persist() had released logs_lock and before the commit
-   * finished. That log's entry is then never written to the "logs" DBI (its
-   * persisted_seq equals its next_seq), but its group is written to "groups"
-   * on the next persist. On the next open wd_store__logs_load() finds a group
-   * whose log id is unknown and the whole store fails with WD_ERR_CORRUPT.
-   * Expected: the reopened store opens (WD_OK). Here: logs and groups opened
-   * from a second thread while the writer commits device writes. Skipped until
-   * mark_persisted marks only the logs that logs_persist wrote. */
-  skip();
   fx_t *fx = *state;
   fx_open(fx);
   opener_t o = {.fx = fx};

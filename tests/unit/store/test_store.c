@@ -199,14 +199,6 @@ static void test_open_refuses_a_garbage_data_file_and_leaves_it_untouched(void *
 }
 
 static void test_open_refuses_a_truncated_data_file_without_crashing(void **state) {
-  /* BUG: store/store.c wd_store_open maps a data.mdb that is shorter than its
-   * meta page says (a store cut short by a bad copy or a full disk) and reads
-   * past its end in open_dbis(); the process dies of SIGBUS instead of getting
-   * WD_ERR_CORRUPT. Expected: open compares the file size with the last page
-   * the meta page names (mdb_env_info me_last_pgno, mdb_env_stat ms_psize)
-   * and refuses with WD_ERR_CORRUPT, leaving the file untouched. Skipped until
-   * then; the open runs in a child process so the crash is contained. */
-  skip();
   fx_t *fx = *state;
   fx_open(fx);
   static char blob[3000];
