@@ -352,11 +352,21 @@ class Gateway:
 
     kill = kill9
 
+    SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
+
     def cleanup(self):
+        # A graceful stop, so that LeakSanitizer runs at exit in sanitizer builds.
+        if self.alive():
+            self.terminate(timeout=10.0)
         if self.proc is not None:
             kill_proc(self.proc)
+        log = self.stderr()
         if not KEEP:
             shutil.rmtree(self.dir, ignore_errors=True)
+        for mark in self.SANITIZER_MARKS:
+            if mark in log:
+                at = log.index(mark)
+                raise AssertionError("sanitizer report in warden's log:\n" + log[max(0, at - 200):at + 3000])
 
     # -- addresses
     @property
@@ -473,6 +483,7 @@ class _LinkHandler(Handler):
         super().__init__()
         self.incoming = []          # [(Message, Delivery)] not yet taken
         self.outcomes = {}          # delivery tag -> remote state, for our sends
+        self.conditions = {}        # delivery tag -> (name, description) of a remote error condition
         self.remote_closed = False
         self.condition = None
         self.on_outcome = None      # optional callback(tag, state)
@@ -489,6 +500,9 @@ class _LinkHandler(Handler):
         else:
             if dlv.updated and dlv.remote_state:
                 state = dlv.remote_state
+                c = dlv.remote.condition
+                if c is not None:
+                    self.conditions[dlv.tag] = (c.name, c.description)
                 self.outcomes[dlv.tag] = state
                 if self.on_outcome:
                     self.on_outcome(dlv.tag, state)
@@ -609,6 +623,22 @@ class Link:
             raise AssertionError("no outcome for message on %r within %.1fs (link closed: %s %s)"
                                  % (self.address, timeout, self.h.remote_closed, self.h.condition))
         return self.h.outcomes[tag]
+
+    def send_outcome(self, msg, timeout=10.0):
+        """Sends one message on an unsettled link; returns (remote state, error condition name or None)."""
+        if self.link.credit <= 0:
+            self.client.wait(lambda: self.link.credit > 0 or self.h.remote_closed, timeout)
+            if self.h.remote_closed:
+                raise LinkRefused(self.address, *(self.h.condition or (None, None)))
+            if self.link.credit <= 0:
+                raise AssertionError("no credit on %r within %.1fs" % (self.address, timeout))
+        tag = self.link.send(msg).tag
+        self.client.wait(lambda: tag in self.h.outcomes or self.h.remote_closed, timeout)
+        if tag not in self.h.outcomes:
+            raise AssertionError("no outcome for message on %r within %.1fs (link closed: %s %s)"
+                                 % (self.address, timeout, self.h.remote_closed, self.h.condition))
+        cond = self.h.conditions.get(tag)
+        return self.h.outcomes[tag], (cond[0] if cond else None)
 
     def close(self, timeout=5.0):
         if self.link.state & Endpoint.LOCAL_ACTIVE:
