@@ -59,7 +59,7 @@ static struct {
   const char *host, *port;
   const char *devices_file, *sas_host, *address;
   const char *user, *password, *password_file, *group;
-  long connections, window, size, messages, timeout_s, threads, progress_s;
+  long connections, window, size, messages, timeout_s, threads, progress_s, trace_gaps_ms;
   bool verify;
 } opt = {
     .host = "127.0.0.1",
@@ -84,6 +84,7 @@ typedef struct bench_conn {
   pn_link_t *link;
   long inflight;      /* ingest: unsettled deliveries on the link */
   uint64_t next_tag;  /* ingest: delivery tag counter */
+  uint8_t *msg;       /* ingest: this connection's copy of the encoded message (stamped per send) */
   bool closing;
   bool failed;
 } bench_conn_t;
@@ -109,7 +110,7 @@ static int64_t t_launch_ns;
 static uint64_t *latencies; /* ingest: ns from send to ACCEPTED, one per accepted message */
 static atomic_long n_latencies;
 
-static uint8_t *msg_template; /* ingest: one encoded message; the payload is its last opt.size bytes */
+static uint8_t *msg_template; /* ingest: the encoded message; the payload is its last opt.size bytes */
 static size_t msg_len;
 
 /* drain --verify */
@@ -141,7 +142,18 @@ static void mark_start(int64_t t) {
 static void mark_completion(int64_t t) {
   atomic_max64(&t_last_ns, t);
   int64_t prev = atomic_exchange(&t_prev_event_ns, t);
-  if (prev && t > prev) atomic_max64(&max_gap_ns, t - prev);
+  if (prev && t > prev) {
+    atomic_max64(&max_gap_ns, t - prev);
+    if (opt.trace_gaps_ms > 0 && t - prev >= opt.trace_gaps_ms * 1000000) {
+      struct timespec wall;
+      clock_gettime(CLOCK_REALTIME, &wall);
+      struct tm tm;
+      gmtime_r(&wall.tv_sec, &tm);
+      fprintf(stderr, "warden-bench: %02d:%02d:%02d.%03ldZ: no completion for %.1f ms (%ld completed so far)\n",
+              tm.tm_hour, tm.tm_min, tm.tm_sec, wall.tv_nsec / 1000000, (double)(t - prev) / 1e6,
+              atomic_load(&completed));
+    }
+  }
 }
 
 static void report_failure(const bench_conn_t *bc, const char *what, pn_condition_t *cond) {
@@ -196,7 +208,7 @@ static void send_one(bench_conn_t *bc) {
   for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(tag_n >> (56 - 8 * b));
   pn_delivery_t *d = pn_delivery(bc->link, pn_dtag((const char *)tag, sizeof tag));
   if (opt.size >= 16) {
-    uint8_t *p = msg_template + msg_len - (size_t)opt.size;
+    uint8_t *p = bc->msg + msg_len - (size_t)opt.size;
     uint64_t ci = (uint64_t)bc->index;
     memcpy(p, &ci, 8);
     memcpy(p + 8, &tag_n, 8);
@@ -204,7 +216,7 @@ static void send_one(bench_conn_t *bc) {
   int64_t t = now_ns();
   mark_start(t);
   pn_delivery_set_context(d, (void *)(uintptr_t)t);
-  pn_link_send(bc->link, (const char *)msg_template, msg_len);
+  pn_link_send(bc->link, (const char *)bc->msg, msg_len);
   pn_link_advance(bc->link);
   bc->inflight++;
   atomic_fetch_add(&sent, 1);
@@ -361,7 +373,10 @@ static void stop_all(void) {
   pn_proactor_disconnect(proactor, NULL);
 }
 
+static atomic_int finished;
+
 static void finish(void) {
+  if (atomic_exchange(&finished, 1)) return;
   pn_proactor_cancel_timeout(proactor);
   pn_proactor_interrupt(proactor);
 }
@@ -485,9 +500,10 @@ static bool handle(pn_event_t *e) {
       break;
 
     case PN_TRANSPORT_ERROR:
-      if (bc && !atomic_load(&stopping))
+      if (bc && !atomic_load(&stopping)) {
         report_failure(bc, "transport error", pn_transport_condition(pn_event_transport(e)));
-      if (bc) bc->failed = true;
+        bc->failed = true;
+      }
       break;
 
     case PN_TRANSPORT_CLOSED:
@@ -677,6 +693,7 @@ static int parse_args(int argc, char **argv) {
     else if (strcmp(a, "--timeout") == 0 && v) ok = parse_long(v, 1, 86400, &opt.timeout_s);
     else if (strcmp(a, "--threads") == 0 && v) ok = parse_long(v, 1, MAX_THREADS, &opt.threads);
     else if (strcmp(a, "--progress") == 0 && v) ok = parse_long(v, 0, 86400, &opt.progress_s);
+    else if (strcmp(a, "--trace-gaps") == 0 && v) ok = parse_long(v, 0, 86400000, &opt.trace_gaps_ms);
     else if (strcmp(a, "--verify") == 0) opt.verify = true, takes = false;
     else ok = false;
     if (!ok) {
@@ -723,6 +740,13 @@ int main(int argc, char **argv) {
   if (opt.scenario == SC_INGEST) {
     if (load_devices() < 0) return 2;
     if (build_template() < 0) return 1;
+    for (long i = 0; i < n_conns; i++) {
+      if (!(conns[i].msg = malloc(msg_len))) {
+        fprintf(stderr, "warden-bench: out of memory\n");
+        return 1;
+      }
+      memcpy(conns[i].msg, msg_template, msg_len);
+    }
     latencies = malloc((size_t)opt.messages * sizeof *latencies);
     if (!latencies) {
       fprintf(stderr, "warden-bench: out of memory for %ld latency samples\n", opt.messages);
@@ -804,6 +828,7 @@ int main(int argc, char **argv) {
     free(conns[i].device_id);
     if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
     free(conns[i].password);
+    free(conns[i].msg);
   }
   free(conns);
   free(latencies);

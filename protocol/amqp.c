@@ -325,6 +325,23 @@ static void abandon_unsettled(wd_conn_t *c, pn_link_t *link) {
     wd_amqp__log_release_unsettled_PT(link);
 }
 
+void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link) {
+  wd_link_ctx_t *lc = pn_link_get_context(link);
+  if (!lc) return;
+  if (lc->addr.kind == WD_ADDR_EGRESS)
+    wd_amqp__egress_pump_PT(c, link);
+  else if (lc->group)
+    wd_amqp__log_pump_PT(c, link);
+}
+
+void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  atomic_store(&c->pump_pending, false);
+  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE))
+    if (pn_link_is_sender(l)) wd_amqp__pump_PT(c, l);
+}
+
 static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (c) abandon_unsettled(c, link);
@@ -485,12 +502,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
     case PN_LINK_FLOW: {
       pn_link_t *link = pn_event_link(e);
       wd_link_ctx_t *lc = pn_link_get_context(link);
-      if (c && lc && pn_link_is_sender(link)) {
-        if (lc->addr.kind == WD_ADDR_EGRESS)
-          wd_amqp__egress_pump_PT(c, link);
-        else
-          wd_amqp__log_pump_PT(c, link);
-      }
+      if (c && lc && pn_link_is_sender(link)) wd_amqp__pump_PT(c, link);
       break;
     }
     case PN_DELIVERY: {
@@ -533,21 +545,24 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
     case PN_PROACTOR_INACTIVE:
       if (atomic_load(&a->stopping)) pn_proactor_interrupt(a->proactor);
       break;
-    case PN_PROACTOR_INTERRUPT:
-      /* Interrupts coalesce: pass it on so that every thread sees one. */
-      pn_proactor_interrupt(a->proactor);
-      return false;
+    case PN_PROACTOR_INTERRUPT: return false;
     default: break;
   }
   return true;
 }
 
 void wd_amqp_run(wd_amqp_t *a) {
-  for (bool running = true; running;) {
+  for (;;) {
     pn_event_batch_t *batch = pn_proactor_wait(a->proactor);
     pn_event_t *e;
-    while ((e = pn_event_batch_next(batch)))
-      if (!handle(a, e)) running = false;
+    bool stop = false;
+    while (!stop && (e = pn_event_batch_next(batch))) stop = !handle(a, e);
     pn_proactor_done(a->proactor, batch);
+    if (stop) {
+      /* Interrupts coalesce, so pass it on for the next thread - but only after
+         done: raised inside the batch, Proton hands it back to the same batch. */
+      pn_proactor_interrupt(a->proactor);
+      return;
+    }
   }
 }

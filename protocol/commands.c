@@ -401,7 +401,7 @@ void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
     wd_store_queued_t *q = &msgs[i];
     uint8_t header[WD_MSG_HEADER_MAX], tag[8];
     size_t hlen = wd_msg_header_encode(header, q->durable, q->priority, q->ttl_ms, q->delivery_count);
-    for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(q->seq >> (56 - 8 * b));
+    wd_amqp__seq_tag(q->seq, tag);
     if (!inflight_add(lc, q->seq)) break;
     pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
     pn_link_send(link, (const char *)header, hlen);
@@ -411,14 +411,6 @@ void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
   }
   for (int i = 0; i < n; i++) wd_store_queued_free(&msgs[i]);
   free(msgs);
-}
-
-static uint64_t tag_seq(pn_delivery_t *d) {
-  pn_delivery_tag_t tag = pn_delivery_tag(d);
-  uint64_t seq = 0;
-  if (tag.size != 8) return 0;
-  for (size_t i = 0; i < 8; i++) seq = seq << 8 | (uint8_t)tag.start[i];
-  return seq;
 }
 
 static char outcome_marker;
@@ -445,7 +437,7 @@ void wd_amqp__egress_update_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) 
       how = WD_SETTLE_COMPLETED; /* settled without an outcome: the device took it */
   }
   pn_delivery_set_context(d, &outcome_marker);
-  uint64_t seq = tag_seq(d);
+  uint64_t seq = wd_amqp__tag_seq(d);
   egress_job_t *j = egress_job(c, link, d, seq);
   if (j && wd_store_queue_settle(c->amqp->store, c->who.id, seq, how, on_settle_done, j) == WD_OK) {
     lc->pending_commits++;
@@ -463,8 +455,8 @@ void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link) {
   while (d) {
     pn_delivery_t *next = pn_unsettled_next(d);
     if (pn_delivery_get_context(d) != &outcome_marker) {
-      wd_store_queue_settle(c->amqp->store, c->who.id, tag_seq(d), WD_SETTLE_FAILED, NULL, NULL);
-      inflight_remove(lc, tag_seq(d));
+      wd_store_queue_settle(c->amqp->store, c->who.id, wd_amqp__tag_seq(d), WD_SETTLE_FAILED, NULL, NULL);
+      inflight_remove(lc, wd_amqp__tag_seq(d));
       pn_delivery_settle(d);
     }
     d = next;
@@ -473,21 +465,11 @@ void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link) {
 
 /* ----------------------------------------------------------------- notify */
 
-static void egress_pump_job(wd_conn_t *c, void *arg, bool discard) {
-  (void)arg;
-  if (discard) return;
-  atomic_store(&c->egress_pending, false);
-  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
-    wd_link_ctx_t *lc = pn_link_get_context(l);
-    if (pn_link_is_sender(l) && lc && lc->addr.kind == WD_ADDR_EGRESS) wd_amqp__egress_pump_PT(c, l);
-  }
-}
-
 void wd_amqp__notify_device(wd_amqp_t *a, const char *device_id) {
-  wd_amqp__post_device(a, device_id, egress_pump_job);
+  wd_amqp__post_device(a, device_id);
 }
 
-void wd_amqp__notify_all_devices(wd_amqp_t *a) { wd_amqp__post_devices(a, egress_pump_job); }
+void wd_amqp__notify_all_devices(wd_amqp_t *a) { wd_amqp__post_devices(a); }
 
 /* ------------------------------------------------------------------ codec */
 

@@ -207,41 +207,35 @@ void wd_amqp__conn_run_jobs(wd_conn_t *c) {
   }
 }
 
-void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn) {
-  pthread_mutex_lock(&a->conns_lock);
-  for (wd_conn_t *c = a->consumers; c; c = c->consumer_next) {
-    if (atomic_exchange(&c->pump_pending, true)) continue;
-    wd_job_t *job = malloc(sizeof *job);
-    if (!job) {
-      atomic_store(&c->pump_pending, false);
-      continue;
-    }
-    post_locked(c, fn, NULL, job);
-  }
-  pthread_mutex_unlock(&a->conns_lock);
-}
-
-static void post_egress_locked(wd_conn_t *c, wd_job_fn fn) {
-  if (!c->has_egress || atomic_exchange(&c->egress_pending, true)) return;
+/* Posts one pump job to c unless one is already queued. Caller holds conns_lock. */
+static void post_pump_locked(wd_conn_t *c) {
+  if (atomic_exchange(&c->pump_pending, true)) return;
   wd_job_t *job = malloc(sizeof *job);
   if (!job) {
-    atomic_store(&c->egress_pending, false);
+    atomic_store(&c->pump_pending, false);
     return;
   }
-  post_locked(c, fn, NULL, job);
+  post_locked(c, wd_amqp__pump_job, NULL, job);
 }
 
-void wd_amqp__post_device(wd_amqp_t *a, const char *device_id, wd_job_fn fn) {
+void wd_amqp__post_consumers(wd_amqp_t *a) {
   pthread_mutex_lock(&a->conns_lock);
-  wd_conn_t *c = find_device_locked(a, device_id);
-  if (c) post_egress_locked(c, fn);
+  for (wd_conn_t *c = a->consumers; c; c = c->consumer_next) post_pump_locked(c);
   pthread_mutex_unlock(&a->conns_lock);
 }
 
-void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn) {
+void wd_amqp__post_device(wd_amqp_t *a, const char *device_id) {
+  pthread_mutex_lock(&a->conns_lock);
+  wd_conn_t *c = find_device_locked(a, device_id);
+  if (c && c->has_egress) post_pump_locked(c);
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_devices(wd_amqp_t *a) {
   pthread_mutex_lock(&a->conns_lock);
   for (size_t b = 0; b < a->n_buckets; b++)
-    for (wd_conn_t *c = a->by_device[b]; c; c = c->by_device_next) post_egress_locked(c, fn);
+    for (wd_conn_t *c = a->by_device[b]; c; c = c->by_device_next)
+      if (c->has_egress) post_pump_locked(c);
   pthread_mutex_unlock(&a->conns_lock);
 }
 

@@ -59,8 +59,7 @@ struct wd_conn {
   bool in_device_index;
   wd_conn_t *consumer_next;   /* list of connections that read telemetry */
   bool in_consumer_list;
-  _Atomic bool pump_pending;  /* a log pump job is queued */
-  _Atomic bool egress_pending; /* an egress pump job is queued */
+  _Atomic bool pump_pending;  /* a pump job is queued */
   bool has_egress;            /* a device receiving its queue; under conns_lock */
   wd_conn_t *closing_next;    /* list of connections we closed, awaiting the peer */
   bool in_closing_list;
@@ -126,12 +125,12 @@ size_t wd_amqp__conn_count(wd_amqp_t *a);
 void wd_amqp__post(wd_amqp_t *a, uint64_t conn_id, wd_job_fn fn, void *arg);
 /* Runs every job posted to c; called on PN_CONNECTION_WAKE. */
 void wd_amqp__conn_run_jobs(wd_conn_t *c);
-/* Posts fn to each connection that reads telemetry. */
-void wd_amqp__post_consumers(wd_amqp_t *a, wd_job_fn fn);
-/* Posts fn to the device's connection if it receives its queue and no such job is pending. */
-void wd_amqp__post_device(wd_amqp_t *a, const char *device_id, wd_job_fn fn);
+/* Posts a pump to each connection that reads a log. */
+void wd_amqp__post_consumers(wd_amqp_t *a);
+/* Posts a pump to the device's connection if it receives its queue. */
+void wd_amqp__post_device(wd_amqp_t *a, const char *device_id);
 /* The same for every device connection that receives its queue. */
-void wd_amqp__post_devices(wd_amqp_t *a, wd_job_fn fn);
+void wd_amqp__post_devices(wd_amqp_t *a);
 /* Posts fn to every connection. */
 void wd_amqp__post_all(wd_amqp_t *a, wd_job_fn fn);
 /* Posts fn to each device connection whose token expired by now_s. */
@@ -176,6 +175,15 @@ void wd_amqp__notify_all_devices(wd_amqp_t *a);
  * status: strings as they are, ulongs in decimal, UUIDs canonical, binary in hex. */
 #define WD_MSGID_KEY_MAX 1024
 int wd_amqp__msgid_key(pn_msgid_t id, char *out, size_t cap);
+
+/* Delivery tags of outbound messages are their store sequence numbers, 8 bytes big-endian. */
+void wd_amqp__seq_tag(uint64_t seq, uint8_t tag[8]);
+uint64_t wd_amqp__tag_seq(pn_delivery_t *d);
+
+/* Sends what the credit of each of c's outbound links allows (log or device queue). */
+void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link);
+/* A posted job that pumps every outbound link of the connection. */
+void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard);
 
 /* Reads a complete incoming delivery into a buffer, enforcing the size limit.
  * Returns the buffer (owned) or NULL after settling/closing as appropriate. */

@@ -240,7 +240,7 @@ void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link) {
     if (n <= 0) break;
     for (int i = 0; i < n; i++) {
       uint8_t tag[8];
-      for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(recs[i].seq >> (56 - 8 * b));
+      wd_amqp__seq_tag(recs[i].seq, tag);
       pn_delivery_t *d = pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
       pn_link_send(link, recs[i].data, recs[i].len);
       pn_link_advance(link);
@@ -254,7 +254,11 @@ void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link) {
   if (pn_link_get_drain(link) && pn_link_credit(link) > 0) pn_link_drained(link);
 }
 
-static uint64_t delivery_seq(pn_delivery_t *d) {
+void wd_amqp__seq_tag(uint64_t seq, uint8_t tag[8]) {
+  for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(seq >> (56 - 8 * b));
+}
+
+uint64_t wd_amqp__tag_seq(pn_delivery_t *d) {
   pn_delivery_tag_t tag = pn_delivery_tag(d);
   uint64_t seq = 0;
   if (tag.size != 8) return 0;
@@ -269,7 +273,7 @@ void wd_amqp__log_outbound_update_PT(pn_link_t *link, pn_delivery_t *d) {
   bool settled = pn_delivery_settled(d);
   if (!settled && !(state == PN_ACCEPTED || state == PN_REJECTED || state == PN_RELEASED || state == PN_MODIFIED))
     return;
-  uint64_t seq = delivery_seq(d);
+  uint64_t seq = wd_amqp__tag_seq(d);
   if (state == PN_RELEASED || state == PN_MODIFIED)
     wd_store_group_release(lc->group, seq);
   else
@@ -283,23 +287,13 @@ void wd_amqp__log_release_unsettled_PT(pn_link_t *link) {
   pn_delivery_t *d = pn_unsettled_head(link);
   while (d) {
     pn_delivery_t *next = pn_unsettled_next(d);
-    wd_store_group_release(lc->group, delivery_seq(d));
+    wd_store_group_release(lc->group, wd_amqp__tag_seq(d));
     pn_delivery_settle(d);
     d = next;
   }
 }
 
-static void pump_connection(wd_conn_t *c, void *arg, bool discard) {
-  (void)arg;
-  if (discard) return;
-  atomic_store(&c->pump_pending, false);
-  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
-    wd_link_ctx_t *lc = pn_link_get_context(l);
-    if (pn_link_is_sender(l) && lc && lc->group) wd_amqp__log_pump_PT(c, l);
-  }
-}
-
 void wd_amqp__log_appended(void *arg, wd_store_log_t *log) {
   (void)log;
-  wd_amqp__post_consumers(arg, pump_connection);
+  wd_amqp__post_consumers(arg);
 }

@@ -95,6 +95,9 @@ int wd_store__queue_drop_device(wd_store_t *s, MDB_txn *txn, const char *id);
 int wd_store__members_update(wd_store_t *s, MDB_txn *txn, const char *id, const char *old_groups,
                              const char *new_groups);
 
+/* Big-endian integers, as every key and record of the store writes them. */
 void wd_store__u64_be(uint8_t out[8], uint64_t v);
 uint64_t wd_store__be_u64(const uint8_t in[8]);
+void wd_store__u32_be(uint8_t out[4], uint32_t v);
+uint32_t wd_store__be_u32(const uint8_t in[4]);
 #endif

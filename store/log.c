@@ -52,19 +52,8 @@ struct wd_store_log {
   char name[];
 };
 
-static void put_be32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24);
-  p[1] = (uint8_t)(v >> 16);
-  p[2] = (uint8_t)(v >> 8);
-  p[3] = (uint8_t)v;
-}
-
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void record_key(uint8_t key[KEY_LEN], uint32_t log_id, uint64_t seq) {
-  put_be32(key, log_id);
+  wd_store__u32_be(key, log_id);
   wd_store__u64_be(key + 4, seq);
 }
 
@@ -131,13 +120,13 @@ static int log_bounds(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log) {
   record_key(key, log->id, 0);
   MDB_val k = {KEY_LEN, key}, v;
   rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-  if (rc == MDB_SUCCESS && k.mv_size == KEY_LEN && be32(k.mv_data) == log->id) {
+  if (rc == MDB_SUCCESS && k.mv_size == KEY_LEN && wd_store__be_u32(k.mv_data) == log->id) {
     uint64_t first = wd_store__be_u64((uint8_t *)k.mv_data + 4);
     record_key(key, log->id + 1, 0);
     k = (MDB_val){KEY_LEN, key};
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     rc = rc == MDB_SUCCESS ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : mdb_cursor_get(cur, &k, &v, MDB_LAST);
-    if (rc != MDB_SUCCESS || k.mv_size != KEY_LEN || be32(k.mv_data) != log->id) {
+    if (rc != MDB_SUCCESS || k.mv_size != KEY_LEN || wd_store__be_u32(k.mv_data) != log->id) {
       mdb_cursor_close(cur);
       return WD_ERR_CORRUPT;
     }
@@ -166,7 +155,7 @@ int wd_store__logs_load(wd_store_t *s, MDB_txn *txn) {
       err = WD_ERR_CORRUPT;
       break;
     }
-    wd_store_log_t *log = log_new(s, k.mv_data, k.mv_size, be32(v.mv_data));
+    wd_store_log_t *log = log_new(s, k.mv_data, k.mv_size, wd_store__be_u32(v.mv_data));
     if (!log) {
       err = WD_ERR_NOMEM;
       break;
@@ -186,7 +175,7 @@ int wd_store__logs_load(wd_store_t *s, MDB_txn *txn) {
       err = WD_ERR_CORRUPT;
       break;
     }
-    uint32_t id = be32(k.mv_data);
+    uint32_t id = wd_store__be_u32(k.mv_data);
     wd_store_log_t *log = s->logs;
     while (log && log->id != id) log = log->next_log;
     uint64_t floor = wd_store__be_u64(v.mv_data);
@@ -310,7 +299,7 @@ static int trim(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, uint64_t below
   uint64_t first = below;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS;
        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    if (k.mv_size != KEY_LEN || be32(k.mv_data) != log->id) break;
+    if (k.mv_size != KEY_LEN || wd_store__be_u32(k.mv_data) != log->id) break;
     uint64_t seq = wd_store__be_u64((uint8_t *)k.mv_data + 4);
     if (seq >= below) break;
     if (n == TRIM_PER_COMMIT) {
@@ -334,7 +323,7 @@ int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn) {
   for (wd_store_log_t *log = s->logs; log && rc == WD_OK; log = log->next_log) {
     if (!log->persisted || log->persisted_seq != log->next_seq) {
       log->written = true;
-      put_be32(buf, log->id);
+      wd_store__u32_be(buf, log->id);
       wd_store__u64_be(buf + 4, log->next_seq);
       MDB_val k = {strlen(log->name), log->name}, v = {12, buf};
       if ((rc = wd_store__map_rc(mdb_put(txn, s->dbi_logs, &k, &v, 0))) < 0) break;
@@ -349,7 +338,7 @@ int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn) {
       g->written_floor = floor;
       uint8_t key[4 + WD_ID_MAX];
       size_t nlen = strlen(g->name);
-      put_be32(key, log->id);
+      wd_store__u32_be(key, log->id);
       memcpy(key + 4, g->name, nlen);
       wd_store__u64_be(buf, floor);
       MDB_val k = {4 + nlen, key}, v = {8, buf};

@@ -36,15 +36,6 @@ enum { ST_QUEUED = 1, ST_DELIVERED, ST_COMPLETED, ST_REJECTED, ST_EXPIRED, ST_DE
 
 static const char blob_key[] = "next_blob_id";
 
-static void put_be32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24);
-  p[1] = (uint8_t)(v >> 16);
-  p[2] = (uint8_t)(v >> 8);
-  p[3] = (uint8_t)v;
-}
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 static void put_be16(uint8_t *p, size_t v) {
   p[0] = (uint8_t)(v >> 8);
   p[1] = (uint8_t)v;
@@ -77,8 +68,8 @@ static int decode(const MDB_val *v, uint64_t seq, view_t *out) {
   out->flags = p[2];
   out->q.durable = p[2] & FLAG_DURABLE;
   out->q.priority = p[3];
-  out->q.delivery_count = be32(p + 4);
-  out->q.ttl_ms = be32(p + 8);
+  out->q.delivery_count = wd_store__be_u32(p + 4);
+  out->q.ttl_ms = wd_store__be_u32(p + 8);
   out->q.enqueued_ms = (int64_t)wd_store__be_u64(p + 12);
   out->q.expiry_ms = (int64_t)wd_store__be_u64(p + 20);
   p += 28;
@@ -132,8 +123,8 @@ static int put_record(wd_store_t *s, MDB_txn *txn, const char *device, const vie
   p[1] = (uint8_t)q->kind;
   p[2] = view->flags;
   p[3] = q->priority;
-  put_be32(p + 4, q->delivery_count);
-  put_be32(p + 8, q->ttl_ms);
+  wd_store__u32_be(p + 4, q->delivery_count);
+  wd_store__u32_be(p + 8, q->ttl_ms);
   wd_store__u64_be(p + 12, (uint64_t)q->enqueued_ms);
   wd_store__u64_be(p + 20, (uint64_t)q->expiry_ms);
   p += 28;
@@ -161,14 +152,14 @@ static int meta_get(wd_store_t *s, MDB_txn *txn, const char *device, uint64_t *n
   if (rc) return wd_store__map_rc(rc);
   if (v.mv_size != 12) return WD_ERR_CORRUPT;
   *next_seq = wd_store__be_u64(v.mv_data);
-  *count = be32((uint8_t *)v.mv_data + 8);
+  *count = wd_store__be_u32((uint8_t *)v.mv_data + 8);
   return WD_OK;
 }
 
 static int meta_put(wd_store_t *s, MDB_txn *txn, const char *device, uint64_t next_seq, uint32_t count) {
   uint8_t buf[12];
   wd_store__u64_be(buf, next_seq);
-  put_be32(buf + 8, count);
+  wd_store__u32_be(buf + 8, count);
   MDB_val k = {strlen(device), (void *)device}, v = {12, buf};
   return wd_store__map_rc(mdb_put(txn, s->dbi_queue_meta, &k, &v, 0));
 }
@@ -281,13 +272,13 @@ static int blob_unref(wd_store_t *s, MDB_txn *txn, uint64_t blob_id) {
   int rc = mdb_get(txn, s->dbi_blobs, &k, &v);
   if (rc == MDB_NOTFOUND) return WD_OK;
   if (rc) return wd_store__map_rc(rc);
-  uint32_t refs = v.mv_size >= 4 ? be32(v.mv_data) : 0;
+  uint32_t refs = v.mv_size >= 4 ? wd_store__be_u32(v.mv_data) : 0;
   if (refs <= 1) return wd_store__map_rc(mdb_del(txn, s->dbi_blobs, &k, NULL));
   /* MDB_RESERVE would lose the payload; copy it back with the new count. */
   uint8_t *copy = malloc(v.mv_size);
   if (!copy) return WD_ERR_NOMEM;
   memcpy(copy, v.mv_data, v.mv_size);
-  put_be32(copy, refs - 1);
+  wd_store__u32_be(copy, refs - 1);
   MDB_val nv = {v.mv_size, copy};
   rc = wd_store__map_rc(mdb_put(txn, s->dbi_blobs, &k, &nv, 0));
   free(copy);
@@ -368,7 +359,7 @@ static int new_blob(wd_store_t *s, MDB_txn *txn, const void *data, size_t len, u
   MDB_val k = {8, key}, v = {len + 4, NULL};
   int rc = mdb_put(txn, s->dbi_blobs, &k, &v, MDB_RESERVE);
   if (rc) return wd_store__map_rc(rc);
-  put_be32(v.mv_data, 0);
+  wd_store__u32_be(v.mv_data, 0);
   memcpy((uint8_t *)v.mv_data + 4, data, len);
   MDB_val mk = {sizeof blob_key - 1, (void *)blob_key}, mv = {8, key};
   wd_store__u64_be(key, s->next_blob_id);
@@ -386,7 +377,7 @@ static int blob_set_refs(wd_store_t *s, MDB_txn *txn, uint64_t id, uint32_t refs
   uint8_t *copy = malloc(v.mv_size);
   if (!copy) return WD_ERR_NOMEM;
   memcpy(copy, v.mv_data, v.mv_size);
-  put_be32(copy, refs);
+  wd_store__u32_be(copy, refs);
   MDB_val nv = {v.mv_size, copy};
   rc = wd_store__map_rc(mdb_put(txn, s->dbi_blobs, &k, &nv, 0));
   free(copy);

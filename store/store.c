@@ -34,6 +34,17 @@ uint64_t wd_store__be_u64(const uint8_t in[8]) {
   return v;
 }
 
+void wd_store__u32_be(uint8_t out[4], uint32_t v) {
+  out[0] = (uint8_t)(v >> 24);
+  out[1] = (uint8_t)(v >> 16);
+  out[2] = (uint8_t)(v >> 8);
+  out[3] = (uint8_t)v;
+}
+
+uint32_t wd_store__be_u32(const uint8_t in[4]) {
+  return (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 | in[3];
+}
+
 int wd_store__map_rc(int rc) {
   switch (rc) {
     case MDB_SUCCESS: return WD_OK;

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Runs warden's telemetry benchmark against a throw-away warden on 127.0.0.1.
+#
+#   bench/run.sh                      # uses build/release/warden and build/release/bench/warden-bench
+#   WARDEN_BIN=... BENCH_BIN=... bench/run.sh
+#
+# Builds nothing. Starts warden on a temp data dir (ports picked by the OS), creates 100 devices over REST,
+# runs ingest with 1, 10 and 100 connections, then drains everything ingested, and prints a table.
+# Tunables (env): MSGS_1, MSGS_10, MSGS_100 (messages per ingest run), SIZE (payload bytes, 256),
+# WINDOW_1, WINDOW_10, WINDOW_100 (per-connection windows), DRAIN_WINDOW (500), TIMEOUT (s per run, 120),
+# BENCH_THREADS (proactor threads in warden-bench, 1), KEEP=1 (keep the temp dir and warden's log).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
+BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
+PYTHON=${PYTHON:-python3}
+SIZE=${SIZE:-256}
+MSGS_1=${MSGS_1:-400000}
+MSGS_10=${MSGS_10:-1000000}
+MSGS_100=${MSGS_100:-800000}
+WINDOW_1=${WINDOW_1:-100}
+WINDOW_10=${WINDOW_10:-100}
+WINDOW_100=${WINDOW_100:-20}
+DRAIN_WINDOW=${DRAIN_WINDOW:-500}
+TIMEOUT=${TIMEOUT:-120}
+BENCH_THREADS=${BENCH_THREADS:-1}
+N_DEVICES=100
+
+for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
+  [[ -x $bin ]] || { echo "run.sh: $bin is missing; build first: cmake --preset release && cmake --build build/release" >&2; exit 2; }
+done
+command -v curl >/dev/null || { echo "run.sh: curl is required" >&2; exit 2; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-bench.XXXXXX")
+warden_pid=""
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+cleanup() {
+  local rc=$?
+  if [[ -n $warden_pid ]] && kill -0 "$warden_pid" 2>/dev/null; then
+    kill -TERM "$warden_pid" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$warden_pid" 2>/dev/null; then
+      echo "run.sh: warden (pid $warden_pid) did not stop within 10 s of SIGTERM; killing it" >&2
+      kill -KILL "$warden_pid" 2>/dev/null
+    fi
+    wait "$warden_pid" 2>/dev/null
+  fi
+  if [[ -n ${KEEP:-} ]]; then
+    echo "run.sh: kept $tmp (warden log: $tmp/warden.log)" >&2
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$tmp/warden.ini" <<EOF
+[store]
+path = $tmp/data
+max_size = 4G
+[amqp]
+listen = 127.0.0.1:0
+tls_listen =
+[http]
+listen = 127.0.0.1:0
+[auth]
+dev_mode = true
+EOF
+
+"$WARDEN_BIN" serve --config "$tmp/warden.ini" 2>"$tmp/warden.log" >/dev/null &
+warden_pid=$!
+
+amqp_port="" http_port=""
+for _ in $(seq 1 200); do   # 20 s
+  amqp_port=$(sed -n 's/.*listening amqp 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
+  http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
+  [[ -n $amqp_port && -n $http_port && -s $tmp/data/admin.token ]] && break
+  kill -0 "$warden_pid" 2>/dev/null || { echo "run.sh: warden exited early:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
+  sleep 0.1
+done
+if [[ -z $amqp_port || -z $http_port ]]; then
+  echo "run.sh: warden did not report its listeners within 20 s:" >&2; cat "$tmp/warden.log" >&2; exit 1
+fi
+token=$(head -n1 "$tmp/data/admin.token" | tr -d '\r\n')
+printf '%s\n' "$token" >"$tmp/admin.password"
+chmod 600 "$tmp/admin.password"
+echo "run.sh: warden pid $warden_pid, amqp 127.0.0.1:$amqp_port, http 127.0.0.1:$http_port, data $tmp/data" >&2
+
+# ---- devices
+devices="$tmp/devices.txt"
+: >"$devices"
+for i in $(seq 1 $N_DEVICES); do
+  id="bench-$i"
+  code=$(curl -sS --max-time 10 -o "$tmp/put.json" -w '%{http_code}' -X PUT \
+              -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+              --data '{}' "http://127.0.0.1:$http_port/v1/devices/$id") || code="curl-failed"
+  if [[ $code != 201 ]]; then
+    echo "run.sh: PUT /v1/devices/$id gave $code: $(cat "$tmp/put.json" 2>/dev/null)" >&2; exit 1
+  fi
+  key=$(sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$tmp/put.json" | sed 's#\\/#/#g')
+  [[ -n $key ]] || { echo "run.sh: no key in the answer for $id: $(cat "$tmp/put.json")" >&2; exit 1; }
+  printf '%s %s\n' "$id" "$key" >>"$devices"
+done
+rm -f "$tmp/put.json"
+echo "run.sh: created $N_DEVICES devices" >&2
+
+# ---- runs
+results="$tmp/results.jsonl"
+: >"$results"
+failed=0
+
+run_bench() {   # label, then warden-bench arguments
+  local label=$1; shift
+  echo "run.sh: [$label] warden-bench $*" >&2
+  local out rc
+  out=$("$BENCH_BIN" "$@" --host 127.0.0.1 --port "$amqp_port" --timeout "$TIMEOUT" --threads "$BENCH_THREADS")
+  rc=$?
+  if [[ -n $out ]]; then printf '%s\n' "$out" >>"$results"; fi
+  if (( rc != 0 )); then
+    echo "run.sh: [$label] warden-bench exited $rc" >&2; failed=1
+  fi
+  if ! kill -0 "$warden_pid" 2>/dev/null; then
+    echo "run.sh: warden (pid $warden_pid) is gone after [$label]; last log lines:" >&2
+    tail -n 30 "$tmp/warden.log" >&2
+    warden_pid=""
+    exit 1
+  fi
+}
+
+run_bench "ingest x1"   ingest --devices "$devices" --connections 1   --window "$WINDOW_1"   --size "$SIZE" --messages "$MSGS_1"
+run_bench "ingest x10"  ingest --devices "$devices" --connections 10  --window "$WINDOW_10"  --size "$SIZE" --messages "$MSGS_10"
+run_bench "ingest x100" ingest --devices "$devices" --connections 100 --window "$WINDOW_100" --size "$SIZE" --messages "$MSGS_100"
+
+ingested=$("$PYTHON" -c '
+import json, sys
+print(sum(json.loads(l)["completed"] for l in open(sys.argv[1]) if l.strip() and json.loads(l)["scenario"] == "ingest"))
+' "$results")
+if (( ingested > 0 )); then
+  run_bench "drain" drain --user admin --password-file "$tmp/admin.password" --group "bench-$$" \
+            --window "$DRAIN_WINDOW" --messages "$ingested"
+else
+  echo "run.sh: nothing was ingested; skipping drain" >&2; failed=1
+fi
+
+# ---- table
+"$PYTHON" - "$results" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+hdr = ("scenario", "conns", "window", "size", "messages", "done", "seconds", "msg/s", "p50 ms", "p99 ms",
+       "p99.9 ms", "max gap ms", "errors")
+print("%-8s %5s %6s %5s %9s %9s %8s %9s %8s %8s %9s %10s %6s" % hdr)
+for r in rows:
+    print("%-8s %5d %6d %5s %9d %9d %8s %9s %8s %8s %9s %10s %6d%s" % (
+        r["scenario"], r["connections"], r["window"], f(r["size"], "d"), r["messages"], r["completed"],
+        f(r["seconds"], ".2f"), f(r["rate"], ".0f"), f(r["p50_ms"], ".2f"), f(r["p99_ms"], ".2f"),
+        f(r["p999_ms"], ".2f"), f(r["max_gap_ms"], ".1f"), r["errors"],
+        "  TIMED OUT" if r["timed_out"] else ""))
+EOF
+
+warnings=$(grep -c -E 'WARN|ERROR|error|warning' "$tmp/warden.log" || true)
+if (( warnings > 0 )); then
+  echo "run.sh: warden logged $warnings warning/error lines; first ones:" >&2
+  grep -E 'WARN|ERROR|error|warning' "$tmp/warden.log" | head -n 10 >&2
+fi
+exit $failed
