@@ -15,6 +15,7 @@
 #include "gateway/base/log.h"
 #include "gateway/base/scopes.h"
 #include "gateway/base/util.h"
+#include "gateway/cli.h"
 #include "gateway/config.h"
 #include "gateway/devcert.h"
 #include "http/http.h"
@@ -27,6 +28,9 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: warden serve [--config FILE]\n"
+          "       warden device add|show|list|disable|enable|rotate|delete ...\n"
+          "       warden send DEVICE PAYLOAD [--ttl SECONDS] [--wait SECONDS]\n"
+          "       warden tail [--device DEVICE]\n"
           "       warden --version\n"
           "\n"
           "With no config file warden runs on its embedded development defaults: data in ./warden-data,\n"
@@ -223,6 +227,7 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  if (argc >= 2 && wd_cli_is_command(argv[1])) return wd_cli_main(argc, argv);
   if (argc < 2 || strcmp(argv[1], "serve") != 0) {
     usage(stderr);
     return 2;
