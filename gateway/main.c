@@ -78,6 +78,10 @@ static void http_revoke(void *ctx, const char *device_id, const char *reason) {
   wd_amqp_revoke_device(ctx, device_id, reason);
 }
 
+static int http_send(void *ctx, const wd_send_t *req, wd_send_fn done, void *arg) {
+  return wd_amqp_send(ctx, req, done, arg);
+}
+
 static bool http_is_service(void *ctx, const char *name) { return wd_amqp_is_service(ctx, name); }
 
 static bool http_connected(void *ctx, const char *device_id, int64_t *last_seen_ms) {
@@ -181,9 +185,11 @@ static int serve(const char *config_path) {
     wd_http_config_t hcfg = {.listen = cfg->http_listen,
                              .tls_cert = cfg->http_tls_cert,
                              .tls_key = cfg->http_tls_key,
-                             .default_queue_limit = cfg->queue_limit};
+                             .default_queue_limit = cfg->queue_limit,
+                             .max_payload = cfg->max_message_size};
     wd_http_ops_t ops = {.ctx = amqp, .authenticate = http_authenticate, .revoke_device = http_revoke,
                          .is_service = http_is_service,
+                         .send = http_send,
                          .device_connected = http_connected};
     if ((rc = wd_http_start(&hcfg, store, &ops, &http)) < 0) {
       fprintf(stderr, "warden: cannot start REST on %s: %s\n", cfg->http_listen, wd_err_str(rc));
@@ -199,7 +205,8 @@ static int serve(const char *config_path) {
   exit_code = 0;
 
 out:
-  /* Shutdown order: REST (no new work), AMQP (drain, close, join), then the store. */
+  /* Shutdown order: REST waits, REST (no new work), AMQP (drain, close, join), then the store. */
+  if (amqp) wd_amqp_end_waits(amqp);
   wd_http_stop(http);
   if (amqp) {
     wd_amqp_shutdown(amqp, exit_code == 0 ? DRAIN_MS : 0);

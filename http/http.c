@@ -101,6 +101,13 @@ struct wd_http_req {
   pending_t *pending;
   int store_rc;
   wd_device_t *after; /* owned copy of the committed record */
+  uint32_t wait_s;    /* a command send that waits for the response */
+  const char *location, *retry_after, *message_id; /* extra response headers, borrowed while answering */
+  wd_send_result_t sent; /* its outcome; strings point into the fields below */
+  char sent_outcome[32];
+  char sent_type[256];
+  void *sent_body;    /* owned */
+  uint64_t purged;
 };
 
 struct wd_http {
@@ -108,6 +115,7 @@ struct wd_http {
   wd_store_t *store; /* borrowed */
   wd_http_ops_t ops;
   uint32_t default_queue_limit;
+  uint32_t max_payload;
   uint16_t port;
   bool started;  /* set once MHD_start_daemon returned: MHD's log goes to DEBUG */
   uint64_t next_req_id; /* HTTP thread only */
@@ -139,23 +147,28 @@ static const char *log_url(const char *url, char buf[160]) {
   return buf;
 }
 
-/* Queues status with body (taken; NULL for none). Every response is JSON. */
-static enum MHD_Result answer(wd_http_req_t *r, unsigned status, char *body, const char *allow) {
+/* Queues status with body (taken; NULL for none) of len bytes and the given
+ * content type, plus whatever headers the request collected. */
+static enum MHD_Result answer_raw(wd_http_req_t *r, unsigned status, char *body, size_t len, const char *type,
+                                  const char *allow) {
   struct MHD_Response *resp;
   if (body) {
-    resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!resp) free(body);
   } else {
     resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
   }
   if (!resp) return MHD_NO;
-  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
   pthread_mutex_lock(&g_lock);
   bool stopping = r->h->stopping;
   pthread_mutex_unlock(&g_lock);
   if (stopping) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+  if (r->location) MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
+  if (r->retry_after) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, r->retry_after);
+  if (r->message_id) MHD_add_response_header(resp, "X-Message-Id", r->message_id);
   if (status == MHD_HTTP_UNAUTHORIZED) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
   MHD_destroy_response(resp);
@@ -164,6 +177,11 @@ static enum MHD_Result answer(wd_http_req_t *r, unsigned status, char *body, con
   wd_log("http", WD_LOG_DEBUG, "[H%llu] %s %s -> %u (%lld ms)", (unsigned long long)r->id, r->method,
          log_url(r->url, ub), status, (long long)(wd_mono_ms() - r->start_ms));
   return ret;
+}
+
+/* Queues status with a JSON body (taken; NULL for none). */
+static enum MHD_Result answer(wd_http_req_t *r, unsigned status, char *body, const char *allow) {
+  return answer_raw(r, status, body, body ? strlen(body) : 0, "application/json", allow);
 }
 
 __attribute__((format(printf, 4, 5)))
@@ -535,6 +553,256 @@ static enum MHD_Result change_done(wd_http_req_t *r, int rc) {
   return answer_after(r, MHD_HTTP_OK, r->op == WD_DEVICE_ROTATE);
 }
 
+/* ---------------------------------------------------- commands, notifications */
+
+/* Parks r (suspended) on work whose callback will resume it. Returns the
+ * pending record, or NULL after answering 503 when the server is stopping.
+ * HTTP thread. */
+static pending_t *park(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  pending_t *p = calloc(1, sizeof *p);
+  if (!p) {
+    answer_store_error(r, WD_ERR_NOMEM);
+    return NULL;
+  }
+  pthread_mutex_lock(&g_lock);
+  if (h->stopping) {
+    pthread_mutex_unlock(&g_lock);
+    free(p);
+    answer_store_error(r, WD_ERR_SHUTDOWN);
+    return NULL;
+  }
+  p->h = h;
+  p->req = r;
+  p->next = h->pending;
+  if (h->pending) h->pending->prev = p;
+  h->pending = p;
+  h->n_pending++;
+  r->pending = p;
+  r->store_rc = WD_OK;
+  r->state = REQ_WAITING;
+  pthread_mutex_unlock(&g_lock);
+  MHD_suspend_connection(r->conn);
+  return p;
+}
+
+/* The work never started: resume r with rc unless stop already took it. */
+static void unpark_failed(wd_http_req_t *r, pending_t *p, int rc) {
+  wd_http_t *h = r->h;
+  bool mine = false;
+  pthread_mutex_lock(&g_lock);
+  if (p->req) {
+    pending_unlink(p);
+    r->store_rc = rc;
+    h->n_resuming++;
+    mine = true;
+  }
+  pthread_mutex_unlock(&g_lock);
+  free(p);
+  if (mine) resume(h, r->conn);
+}
+
+/* Any thread: the command or notification was queued, refused, or (waiting)
+ * answered, failed or timed out. */
+static void on_sent(void *arg, const wd_send_result_t *res) {
+  pending_t *p = arg;
+  void *body = NULL;
+  if (res->response_len) {
+    body = malloc(res->response_len);
+    if (body) memcpy(body, res->response, res->response_len);
+  }
+  struct MHD_Connection *conn = NULL;
+  wd_http_t *h = NULL;
+  pthread_mutex_lock(&g_lock);
+  wd_http_req_t *r = p->req;
+  if (r) {
+    h = p->h;
+    pending_unlink(p);
+    r->store_rc = res->rc;
+    r->sent = *res;
+    snprintf(r->sent_outcome, sizeof r->sent_outcome, "%s", res->outcome ? res->outcome : "");
+    snprintf(r->sent_type, sizeof r->sent_type, "%s", res->response_type ? res->response_type : "");
+    r->sent_body = body;
+    r->sent.response = body;
+    r->sent.response_len = body ? res->response_len : 0;
+    body = NULL;
+    conn = r->conn;
+    h->n_resuming++;
+  }
+  pthread_mutex_unlock(&g_lock);
+  if (conn) resume(h, conn);
+  free(body);
+  free(p);
+}
+
+/* ?name=N with 1 <= N <= max; absent gives 0. false when malformed. */
+static bool query_seconds(wd_http_req_t *r, const char *name, uint32_t max, uint32_t *out) {
+  const char *v = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+  *out = 0;
+  if (!v) return true;
+  char *end;
+  unsigned long n = strtoul(v, &end, 10);
+  if (!*v || *end || *v == '-' || n < 1 || n > max) return false;
+  *out = (uint32_t)n;
+  return true;
+}
+
+#define WAIT_MAX_S 3600u
+#define TTL_MAX_S (365u * 86400u)
+
+static enum MHD_Result command_send(wd_http_req_t *r) {
+  bool notification = r->route.kind != WD_HTTP_ROUTE_COMMAND_SEND;
+  uint32_t ttl, wait;
+  if (!query_seconds(r, "ttl", TTL_MAX_S, &ttl))
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "ttl must be a whole number of seconds from 1");
+  if (!query_seconds(r, "wait", WAIT_MAX_S, &wait))
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "wait must be a whole number of seconds from 1 to %u",
+                        WAIT_MAX_S);
+  if (wait && notification)
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "notifications get no response to wait for");
+  if (wait && ttl)
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "with wait, the command's TTL is the wait; drop ttl");
+  if (!r->h->ops.send) return answer_store_error(r, WD_ERR_SHUTDOWN);
+  const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+  wd_send_t req = {.target = r->route.id,
+                   .group = r->route.kind == WD_HTTP_ROUTE_NOTIFY_GROUP,
+                   .notification = notification,
+                   .body = r->body ? r->body : "",
+                   .len = r->body_len,
+                   .content_type = type,
+                   .ttl_s = ttl,
+                   .wait_s = wait};
+  r->wait_s = wait;
+  pending_t *p = park(r);
+  if (!p) return MHD_YES;
+  int rc = r->h->ops.send(r->h->ops.ctx, &req, on_sent, p);
+  if (rc < 0) unpark_failed(r, p, rc);
+  return MHD_YES;
+}
+
+static enum MHD_Result send_done(wd_http_req_t *r, int rc) {
+  wd_http_t *h = r->h;
+  const char *what = r->route.kind == WD_HTTP_ROUTE_NOTIFY_GROUP ? "group" : "device";
+  switch (rc) {
+    case WD_OK: break;
+    case WD_ERR_NOT_FOUND:
+      return answer_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no %s %s", what, r->route.id);
+    case WD_ERR_DISABLED:
+      return answer_error(r, MHD_HTTP_CONFLICT, "device_disabled", "device %s is disabled", r->route.id);
+    case WD_ERR_LIMIT:
+      r->retry_after = "30"; /* a sleeping device drains its queue when it next connects */
+      return answer_error(r, MHD_HTTP_TOO_MANY_REQUESTS, "queue_full", "the queue of device %s is full",
+                          r->route.id);
+    case WD_ERR_INVALID: return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "the message was refused");
+    default: return answer_store_error(r, rc);
+  }
+  char expires[25];
+  wd_iso8601(r->sent.expires_ms, expires);
+  if (r->wait_s == 0) {
+    json_t *j = json_pack("{s:s, s:s, s:s}", "messageId", r->sent.message_id, "status", "queued", "expiresAt", expires);
+    if (j && r->route.kind == WD_HTTP_ROUTE_NOTIFY_GROUP) json_object_set_new(j, "devices", json_integer((json_int_t)r->sent.devices));
+    char location[WD_ID_MAX * 3 + 64];
+    if (r->route.kind == WD_HTTP_ROUTE_COMMAND_SEND) {
+      snprintf(location, sizeof location, "/v1/devices/%s/commands/%s", r->route.id, r->sent.message_id);
+      r->location = location;
+    }
+    wd_log("http", WD_LOG_DEBUG, "[H%llu] queued %s for %s %s", (unsigned long long)r->id, r->sent.message_id, what,
+           r->route.id);
+    enum MHD_Result ret = answer_json(r, MHD_HTTP_ACCEPTED, j);
+    r->location = NULL;
+    return ret;
+  }
+  if (strcmp(r->sent_outcome, "responded") == 0) {
+    char *body = malloc(r->sent.response_len + 1);
+    if (!body) return answer_store_error(r, WD_ERR_NOMEM);
+    if (r->sent.response_len) memcpy(body, r->sent.response, r->sent.response_len);
+    body[r->sent.response_len] = '\0';
+    r->message_id = r->sent.message_id;
+    return answer_raw(r, MHD_HTTP_OK, body, r->sent.response_len,
+                      r->sent_type[0] ? r->sent_type : "application/octet-stream", NULL);
+  }
+  if (strcmp(r->sent_outcome, "timeout") == 0 || strcmp(r->sent_outcome, "expired") == 0) {
+    wd_store_status_t st;
+    bool taken = wd_store_command_status(h->store, r->route.id, r->sent.message_id, &st) == WD_OK &&
+                 strcmp(st.state, "completed") == 0;
+    if (taken) wd_store_status_fini(&st);
+    return answer_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "timeout",
+                        taken ? "device %s took command %s but sent no response within %u s"
+                              : "no response from device %s to command %s within %u s; the command expired unexecuted",
+                        r->route.id, r->sent.message_id, r->wait_s);
+  }
+  return answer_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, r->sent_outcome, "device %s did not execute command %s: %s",
+                      r->route.id, r->sent.message_id, r->sent_outcome);
+}
+
+static void on_purged(void *ctx, int rc, uint64_t count) {
+  pending_t *p = ctx;
+  struct MHD_Connection *conn = NULL;
+  wd_http_t *h = NULL;
+  pthread_mutex_lock(&g_lock);
+  wd_http_req_t *r = p->req;
+  if (r) {
+    h = p->h;
+    pending_unlink(p);
+    r->store_rc = rc;
+    r->purged = count;
+    conn = r->conn;
+    h->n_resuming++;
+  }
+  pthread_mutex_unlock(&g_lock);
+  if (conn) resume(h, conn);
+  free(p);
+}
+
+static enum MHD_Result command_purge(wd_http_req_t *r) {
+  pending_t *p = park(r);
+  if (!p) return MHD_YES;
+  int rc = wd_store_queue_purge(r->h->store, r->route.id, on_purged, p);
+  if (rc < 0) unpark_failed(r, p, rc);
+  return MHD_YES;
+}
+
+static enum MHD_Result purge_done(wd_http_req_t *r, int rc) {
+  if (rc == WD_ERR_NOT_FOUND) return answer_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no device %s", r->route.id);
+  if (rc < 0) return answer_store_error(r, rc);
+  wd_log("http", WD_LOG_INFO, "[H%llu] purged %llu messages of device %s", (unsigned long long)r->id,
+         (unsigned long long)r->purged, r->route.id);
+  return answer_json(r, MHD_HTTP_OK, json_pack("{s:I}", "purged", (json_int_t)r->purged));
+}
+
+static void set_time(json_t *j, const char *key, int64_t ms) {
+  char when[25];
+  if (!ms) return;
+  wd_iso8601(ms, when);
+  json_object_set_new(j, key, json_string(when));
+}
+
+static enum MHD_Result command_status(wd_http_req_t *r) {
+  wd_store_status_t st;
+  int rc = wd_store_command_status(r->h->store, r->route.id, r->route.message_id, &st);
+  if (rc == WD_ERR_NOT_FOUND)
+    return answer_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no command %s for device %s (statuses are kept a day)",
+                        r->route.message_id, r->route.id);
+  if (rc < 0) return answer_store_error(r, rc);
+  json_t *j = json_pack("{s:s, s:s, s:s}", "messageId", r->route.message_id, "deviceId", r->route.id, "status",
+                        st.state);
+  if (j) {
+    set_time(j, "queuedAt", st.queued_ms);
+    set_time(j, "deliveredAt", st.delivered_ms);
+    set_time(j, "finishedAt", st.final_ms);
+    set_time(j, "expiresAt", st.expires_ms);
+    if (st.responded_ms) {
+      json_t *resp = wd_http__payload_render(st.response, st.response_len, st.response_type);
+      if (resp) {
+        set_time(resp, "receivedAt", st.responded_ms);
+        json_object_set_new(j, "response", resp);
+      }
+    }
+  }
+  wd_store_status_fini(&st);
+  return answer_json(r, MHD_HTTP_OK, j);
+}
+
 /* ------------------------------------------------------------- the handler */
 
 static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const char *method, const char *url) {
@@ -556,25 +824,31 @@ static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const c
 static void req_free(wd_http_req_t *r) {
   if (!r) return;
   free(r->body);
+  free(r->sent_body);
   if (r->dev_parsed) wd_http__device_body_fini(&r->dev);
   wd_device_free(r->after);
   explicit_bzero(r->key, sizeof r->key);
   free(r);
 }
 
-static bool content_length_too_big(const char *v) {
+/* The largest body a route takes: a payload up to the AMQP message size, JSON 64 KiB. */
+static size_t body_max(const wd_http_req_t *r) {
+  return r->route.payload && r->h->max_payload ? r->h->max_payload : WD_HTTP_BODY_MAX;
+}
+
+static bool content_length_too_big(const char *v, size_t max) {
   size_t n = 0;
   for (; *v == ' '; v++) {}
   for (; *v >= '0' && *v <= '9'; v++) {
     n = n * 10 + (size_t)(*v - '0');
-    if (n > WD_HTTP_BODY_MAX) return true;
+    if (n > max) return true;
   }
   return false;
 }
 
 static void body_append(wd_http_req_t *r, const char *data, size_t len) {
   if (r->too_large) return;
-  if (len > WD_HTTP_BODY_MAX - r->body_len) {
+  if (len > body_max(r) - r->body_len) {
     r->too_large = true;
     free(r->body);
     r->body = NULL;
@@ -613,7 +887,7 @@ static enum MHD_Result on_headers(wd_http_req_t *r) {
       return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "the bearer token is not valid");
     if ((scopes & r->route.scope) != r->route.scope)
       return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "this call needs the scope %s",
-                          r->route.scope == WD_SCOPE_REGISTRY_READ ? "registry:read" : "registry:write");
+                          wd_scope_name(r->route.scope));
   }
   switch (r->route.kind) {
     case WD_HTTP_ROUTE_NOT_FOUND: return answer_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no such resource");
@@ -626,17 +900,17 @@ static enum MHD_Result on_headers(wd_http_req_t *r) {
     default: break;
   }
   const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-  if (cl && content_length_too_big(cl))
-    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %u bytes",
-                        WD_HTTP_BODY_MAX);
+  if (cl && content_length_too_big(cl, body_max(r)))
+    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %zu bytes",
+                        body_max(r));
   return MHD_YES;
 }
 
 /* The whole request is in: act on it. */
 static enum MHD_Result on_complete(wd_http_req_t *r) {
   if (r->too_large)
-    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %u bytes",
-                        WD_HTTP_BODY_MAX);
+    return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %zu bytes",
+                        body_max(r));
   switch (r->route.kind) {
     case WD_HTTP_ROUTE_HEALTHZ: {
       char *body = strdup("{\"status\":\"ok\"}");
@@ -649,6 +923,11 @@ static enum MHD_Result on_complete(wd_http_req_t *r) {
     case WD_HTTP_ROUTE_DEVICE_DISABLE:
     case WD_HTTP_ROUTE_DEVICE_ENABLE:
     case WD_HTTP_ROUTE_DEVICE_ROTATE: return device_change(r);
+    case WD_HTTP_ROUTE_COMMAND_SEND:
+    case WD_HTTP_ROUTE_NOTIFY_DEVICE:
+    case WD_HTTP_ROUTE_NOTIFY_GROUP: return command_send(r);
+    case WD_HTTP_ROUTE_COMMAND_PURGE: return command_purge(r);
+    case WD_HTTP_ROUTE_COMMAND_STATUS: return command_status(r);
     default: return answer_store_error(r, WD_ERR_INVALID); /* on_headers answered these */
   }
 }
@@ -659,8 +938,14 @@ static enum MHD_Result on_resumed(wd_http_req_t *r) {
   int rc = r->store_rc;
   pthread_mutex_unlock(&g_lock);
   r->state = REQ_OPEN;
-  if (r->route.kind == WD_HTTP_ROUTE_DEVICE_PUT) return put_done(r, rc);
-  return change_done(r, rc);
+  switch (r->route.kind) {
+    case WD_HTTP_ROUTE_DEVICE_PUT: return put_done(r, rc);
+    case WD_HTTP_ROUTE_COMMAND_SEND:
+    case WD_HTTP_ROUTE_NOTIFY_DEVICE:
+    case WD_HTTP_ROUTE_NOTIFY_GROUP: return send_done(r, rc);
+    case WD_HTTP_ROUTE_COMMAND_PURGE: return purge_done(r, rc);
+    default: return change_done(r, rc);
+  }
 }
 
 /* HTTP thread. */
@@ -820,6 +1105,7 @@ int wd_http_start(const wd_http_config_t *cfg, wd_store_t *store, const wd_http_
   h->store = store;
   h->ops = *ops;
   h->default_queue_limit = cfg->default_queue_limit;
+  h->max_payload = cfg->max_payload;
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

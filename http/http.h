@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "gateway/base/send.h"
 #include "store/store.h"
 
 typedef struct wd_http wd_http_t;
@@ -21,6 +22,8 @@ typedef struct {
   /* Closes the live AMQP connection of a device, if any, with
    * amqp:unauthorized-access and `reason`, within 100 ms. Thread-safe, never blocks. */
   void (*revoke_device)(void *ctx, const char *device_id, const char *reason);
+  /* Queues a command or notification (wd_amqp_send's contract). Thread-safe. */
+  int (*send)(void *ctx, const wd_send_t *req, wd_send_fn done, void *arg);
   /* True if `name` is a configured service (device ids may not take it). Thread-safe. */
   bool (*is_service)(void *ctx, const char *name);
   /* True while the device has a live, authenticated connection. Thread-safe. */
@@ -32,6 +35,7 @@ typedef struct {
   const char *tls_cert; /* PEM file paths; both set means HTTPS */
   const char *tls_key;
   uint32_t default_queue_limit;
+  uint32_t max_payload;  /* the largest command or notification body, in bytes */
 } wd_http_config_t;
 
 /* Starts the REST server on its own polling thread. cfg and ops are copied;

@@ -33,14 +33,25 @@ typedef enum {
   WD_HTTP_ROUTE_DEVICE_DISABLE,
   WD_HTTP_ROUTE_DEVICE_ENABLE,
   WD_HTTP_ROUTE_DEVICE_ROTATE,
+  WD_HTTP_ROUTE_COMMAND_SEND,       /* POST /v1/devices/{id}/commands */
+  WD_HTTP_ROUTE_COMMAND_PURGE,      /* DELETE /v1/devices/{id}/commands */
+  WD_HTTP_ROUTE_COMMAND_STATUS,     /* GET /v1/devices/{id}/commands/{messageId} */
+  WD_HTTP_ROUTE_NOTIFY_DEVICE,      /* POST /v1/devices/{id}/notifications */
+  WD_HTTP_ROUTE_NOTIFY_GROUP,       /* POST /v1/groups/{id}/notifications */
+  WD_HTTP_ROUTE_TELEMETRY_STREAM,   /* GET /v1/telemetry/stream */
+  WD_HTTP_ROUTE_METRICS,            /* GET /metrics */
 } wd_http_route_kind_t;
+
+#define WD_HTTP_MSGID_MAX 1024
 
 typedef struct {
   wd_http_route_kind_t kind;
   bool needs_auth;       /* every path under /v1, found or not */
   unsigned scope;        /* WD_SCOPE_* the caller needs; 0 when none */
   const char *allow;     /* methods the path accepts (the 405 Allow header); static */
-  char id[WD_ID_MAX + 1]; /* the decoded device id for device routes, else "" */
+  char id[WD_ID_MAX + 1]; /* the decoded device (or group) id, else "" */
+  char message_id[WD_HTTP_MSGID_MAX + 1]; /* COMMAND_STATUS: the decoded message-id */
+  bool payload;           /* the body is an opaque payload (up to the AMQP message size), not JSON */
 } wd_http_route_t;
 
 /* Matches a request. path: the raw (still percent-encoded) path without the
@@ -116,5 +127,10 @@ const char *wd_http__bearer_token(const char *header);
 /* Splits "host:port" or "[v6]:port". host receives the host without brackets
  * ("" for ":port"). Returns 0 or WD_ERR_INVALID. */
 int wd_http__listen_parse(const char *listen, char *host, size_t hostcap, uint16_t *port);
+
+/* Renders a payload for JSON: {"contentType", "body"} with the payload as
+ * text when the content type is application/json or text/<anything> and it is valid
+ * UTF-8; otherwise {"contentType", "bodyBase64"}. Returns owned JSON or NULL. */
+json_t *wd_http__payload_render(const void *data, size_t len, const char *content_type);
 
 #endif

@@ -21,6 +21,7 @@
 static const char ALLOW_GET[] = "GET, HEAD";
 static const char ALLOW_DEVICE[] = "GET, HEAD, PUT, DELETE";
 static const char ALLOW_POST[] = "POST";
+static const char ALLOW_COMMANDS[] = "POST, DELETE";
 
 /* Splits the mutable copy p ("/a/b/c") into at most MAX_SEGMENTS decoded
  * segments. Returns the count, or -1 when the path has too many segments or an
@@ -90,15 +91,49 @@ void wd_http__route(const char *method, const char *path, wd_http_route_t *out) 
     } else if (n == 5 && strcmp(seg[3], "keys") == 0 && strcmp(seg[4], "rotate") == 0) {
       out->allow = ALLOW_POST;
       kind = method_is(method, "POST") ? WD_HTTP_ROUTE_DEVICE_ROTATE : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+    } else if (n == 4 && strcmp(seg[3], "commands") == 0) {
+      out->allow = ALLOW_COMMANDS;
+      kind = method_is(method, "POST")     ? WD_HTTP_ROUTE_COMMAND_SEND
+             : method_is(method, "DELETE") ? WD_HTTP_ROUTE_COMMAND_PURGE
+                                           : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+    } else if (n == 5 && strcmp(seg[3], "commands") == 0) {
+      out->allow = ALLOW_GET;
+      kind = get ? WD_HTTP_ROUTE_COMMAND_STATUS : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+      if (kind == WD_HTTP_ROUTE_COMMAND_STATUS) {
+        if (bad[4] || strlen(seg[4]) > WD_HTTP_MSGID_MAX) kind = WD_HTTP_ROUTE_NOT_FOUND;
+        else memcpy(out->message_id, seg[4], strlen(seg[4]) + 1);
+      }
+    } else if (n == 4 && strcmp(seg[3], "notifications") == 0) {
+      out->allow = ALLOW_POST;
+      kind = method_is(method, "POST") ? WD_HTTP_ROUTE_NOTIFY_DEVICE : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
     }
     out->kind = kind;
     if (kind == WD_HTTP_ROUTE_NOT_FOUND) out->allow = NULL;
     if (kind != WD_HTTP_ROUTE_NOT_FOUND && kind != WD_HTTP_ROUTE_METHOD_NOT_ALLOWED &&
         kind != WD_HTTP_ROUTE_DEVICE_LIST)
       take_id(out, seg[2], bad[2]);
+  } else if (n == 4 && strcmp(seg[0], "v1") == 0 && strcmp(seg[1], "groups") == 0 &&
+           strcmp(seg[3], "notifications") == 0) {
+    out->allow = ALLOW_POST;
+    out->kind = method_is(method, "POST") ? WD_HTTP_ROUTE_NOTIFY_GROUP : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+    if (out->kind == WD_HTTP_ROUTE_NOTIFY_GROUP) take_id(out, seg[2], bad[2]);
+  } else if (n == 3 && strcmp(seg[0], "v1") == 0 && strcmp(seg[1], "telemetry") == 0 &&
+             strcmp(seg[2], "stream") == 0) {
+    out->allow = ALLOW_GET;
+    out->kind = get ? WD_HTTP_ROUTE_TELEMETRY_STREAM : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+  } else if (n == 1 && strcmp(seg[0], "metrics") == 0) {
+    out->allow = ALLOW_GET;
+    out->needs_auth = true; /* counts of devices and traffic are nobody else's business */
+    out->kind = get ? WD_HTTP_ROUTE_METRICS : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
   }
 
   switch (out->kind) {
+    case WD_HTTP_ROUTE_COMMAND_SEND:
+    case WD_HTTP_ROUTE_COMMAND_PURGE:
+    case WD_HTTP_ROUTE_COMMAND_STATUS: out->scope = WD_SCOPE_COMMANDS_SEND; break;
+    case WD_HTTP_ROUTE_NOTIFY_DEVICE:
+    case WD_HTTP_ROUTE_NOTIFY_GROUP: out->scope = WD_SCOPE_NOTIFICATIONS_SEND; break;
+    case WD_HTTP_ROUTE_TELEMETRY_STREAM: out->scope = WD_SCOPE_TELEMETRY_READ; break;
     case WD_HTTP_ROUTE_DEVICE_LIST:
     case WD_HTTP_ROUTE_DEVICE_GET: out->scope = WD_SCOPE_REGISTRY_READ; break;
     case WD_HTTP_ROUTE_DEVICE_PUT:
@@ -108,6 +143,8 @@ void wd_http__route(const char *method, const char *path, wd_http_route_t *out) 
     case WD_HTTP_ROUTE_DEVICE_ROTATE: out->scope = WD_SCOPE_REGISTRY_WRITE; break;
     default: out->scope = 0; break;
   }
+  out->payload = out->kind == WD_HTTP_ROUTE_COMMAND_SEND || out->kind == WD_HTTP_ROUTE_NOTIFY_DEVICE ||
+                 out->kind == WD_HTTP_ROUTE_NOTIFY_GROUP;
   free(copy);
 }
 
@@ -408,4 +445,52 @@ int wd_http__listen_parse(const char *listen, char *host, size_t hostcap, uint16
   memcpy(host, hs, n);
   host[n] = '\0';
   return WD_OK;
+}
+
+/* ------------------------------------------------------------------ payloads */
+
+/* Well-formed UTF-8 without NUL (overlong forms are not worth refusing here:
+ * jansson checks again when it builds the string). */
+static bool utf8_valid(const uint8_t *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    size_t k;
+    if (c == 0) return false;
+    if (c < 0x80) k = 0;
+    else if ((c & 0xe0) == 0xc0) k = 1;
+    else if ((c & 0xf0) == 0xe0) k = 2;
+    else if ((c & 0xf8) == 0xf0) k = 3;
+    else return false;
+    if (n - i - 1 < k) return false;
+    for (size_t j = 1; j <= k; j++)
+      if ((s[i + j] & 0xc0) != 0x80) return false;
+    i += k + 1;
+  }
+  return true;
+}
+
+json_t *wd_http__payload_render(const void *data, size_t len, const char *content_type) {
+  const char *type = content_type && content_type[0] ? content_type : "application/octet-stream";
+  bool text = (strncasecmp(type, "application/json", 16) == 0 || strncasecmp(type, "text/", 5) == 0) &&
+              utf8_valid(data, len);
+  json_t *j = json_pack("{s:s}", "contentType", type);
+  if (!j) return NULL;
+  if (text) {
+    json_t *body = json_stringn(data, len);
+    if (!body) { /* jansson found it not to be UTF-8 after all */
+      json_decref(j);
+      return wd_http__payload_render(data, len, "application/octet-stream");
+    }
+    json_object_set_new(j, "body", body);
+  } else {
+    char *b64 = malloc(wd_base64_encoded_len(len));
+    if (!b64) {
+      json_decref(j);
+      return NULL;
+    }
+    wd_base64_encode(data, len, b64);
+    json_object_set_new(j, "bodyBase64", json_string(b64));
+    free(b64);
+  }
+  return j;
 }

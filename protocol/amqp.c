@@ -113,6 +113,7 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
   a->store = store;
   pthread_mutex_init(&a->listen_lock, NULL);
   pthread_cond_init(&a->listen_cond, NULL);
+  pthread_mutex_init(&a->waiters_lock, NULL);
   int rc = copy_config(&a->cfg, cfg);
   if (rc == WD_OK) rc = wd_amqp__conns_init(a);
   if (rc == WD_OK && a->cfg.tls_listen) rc = make_ssl_domain(a);
@@ -176,6 +177,8 @@ void wd_amqp_free(wd_amqp_t *a) {
   if (a->proactor) pn_proactor_free(a->proactor);
   if (a->ssl_domain) pn_ssl_domain_free(a->ssl_domain);
   if (a->by_id) wd_amqp__conns_fini(a);
+  wd_amqp__waiters_fini(a);
+  pthread_mutex_destroy(&a->waiters_lock);
   free_config(&a->cfg);
   pthread_mutex_destroy(&a->listen_lock);
   pthread_cond_destroy(&a->listen_cond);
@@ -539,6 +542,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
       if (!atomic_load(&a->stopping)) {
         wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
         wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
+        wd_amqp__waiters_expire(a, wd_mono_ms());
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/base/send.h"
 #include "store/store.h"
 
 typedef struct wd_amqp wd_amqp_t;
@@ -60,6 +61,16 @@ void wd_amqp_free(wd_amqp_t *a);
 
 /* Authenticates a service by secret. 0 and *scopes, or WD_ERR_DENIED. Thread-safe. */
 int wd_amqp_authenticate_service(wd_amqp_t *a, const char *secret, unsigned *scopes);
+
+/* Queues a command or notification. `done` runs exactly once, on any thread:
+ * when it is queued (or refused), or - with wait_s - when the device responds,
+ * the command fails, or the wait runs out. Returns < 0 (and never calls done)
+ * only when it could not even be attempted. Thread-safe. */
+int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg);
+
+/* Ends every REST wait now (outcome "timeout") and refuses new ones: the
+ * first step of shutdown, before the HTTP server stops. Thread-safe. */
+void wd_amqp_end_waits(wd_amqp_t *a);
 
 /* True if `name` is a configured service. Thread-safe. */
 bool wd_amqp_is_service(wd_amqp_t *a, const char *name);

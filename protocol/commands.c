@@ -507,9 +507,11 @@ static void *encode_message(pn_message_t *m, size_t *len) {
   return NULL;
 }
 
+static void waiter_outcome(wd_amqp_t *a, const char *device_id, const char *message_id, const char *status);
+
 static void *codec_feedback(void *arg, const char *device_id, const wd_store_queued_t *cmd, const char *status,
                             int64_t time_ms, size_t *len, size_t *seq_offset) {
-  (void)arg;
+  waiter_outcome(arg, device_id, cmd->message_id, status);
   pn_message_t *m = pn_message();
   pn_data_t *idd = pn_data(1);
   if (!m || !idd) {
@@ -573,4 +575,201 @@ static void *codec_deadletter(void *arg, const char *device_id, const wd_store_q
 void wd_amqp__codec_install(wd_amqp_t *a, uint32_t max_delivery_count) {
   const wd_store_codec_t codec = {.arg = a, .feedback = codec_feedback, .deadletter = codec_deadletter};
   wd_store_set_codec(a->store, &codec, max_delivery_count);
+}
+
+/* ------------------------------------------------------------------- REST */
+
+/* A REST request waiting for a device's response to a command. */
+typedef struct wd_waiter {
+  struct wd_waiter *next;
+  char device[WD_ID_MAX + 1];
+  char message_id[37];
+  int64_t deadline_mono_ms;
+  int64_t expires_ms;
+  wd_send_fn done;
+  void *arg;
+} wd_waiter_t;
+
+static wd_waiter_t *waiter_take(wd_amqp_t *a, const char *device_id, const char *message_id) {
+  pthread_mutex_lock(&a->waiters_lock);
+  wd_waiter_t **pp = &a->waiters;
+  while (*pp && !(strcmp((*pp)->device, device_id) == 0 && strcmp((*pp)->message_id, message_id) == 0))
+    pp = &(*pp)->next;
+  wd_waiter_t *w = *pp;
+  if (w) *pp = w->next;
+  pthread_mutex_unlock(&a->waiters_lock);
+  return w;
+}
+
+static void waiter_finish(wd_waiter_t *w, const char *outcome, const void *body, size_t len, const char *type) {
+  wd_send_result_t res = {.rc = WD_OK, .expires_ms = w->expires_ms, .outcome = outcome, .response = body,
+                               .response_len = len, .response_type = type};
+  snprintf(res.message_id, sizeof res.message_id, "%s", w->message_id);
+  w->done(w->arg, &res);
+  free(w);
+}
+
+void wd_amqp__waiter_respond(wd_amqp_t *a, const char *device_id, const char *message_id, const void *body,
+                             size_t len, const char *content_type) {
+  wd_waiter_t *w = waiter_take(a, device_id, message_id);
+  if (w) waiter_finish(w, "responded", body, len, content_type);
+}
+
+/* Called with each command outcome: a failed one ends a wait. */
+static void waiter_outcome(wd_amqp_t *a, const char *device_id, const char *message_id, const char *status) {
+  if (strcmp(status, "completed") == 0) return; /* the device took it; its response is still to come */
+  wd_waiter_t *w = waiter_take(a, device_id, message_id);
+  if (w) waiter_finish(w, status, NULL, 0, NULL);
+}
+
+void wd_amqp__waiters_expire(wd_amqp_t *a, int64_t now_mono_ms) {
+  wd_waiter_t *due = NULL;
+  pthread_mutex_lock(&a->waiters_lock);
+  for (wd_waiter_t **pp = &a->waiters; *pp;) {
+    wd_waiter_t *w = *pp;
+    if (w->deadline_mono_ms <= now_mono_ms) {
+      *pp = w->next;
+      w->next = due;
+      due = w;
+    } else {
+      pp = &w->next;
+    }
+  }
+  pthread_mutex_unlock(&a->waiters_lock);
+  while (due) {
+    wd_waiter_t *next = due->next;
+    waiter_finish(due, "timeout", NULL, 0, NULL);
+    due = next;
+  }
+}
+
+void wd_amqp__waiters_fini(wd_amqp_t *a) { wd_amqp__waiters_expire(a, INT64_MAX); }
+
+void wd_amqp_end_waits(wd_amqp_t *a) {
+  pthread_mutex_lock(&a->waiters_lock);
+  a->waits_ended = true;
+  pthread_mutex_unlock(&a->waiters_lock);
+  wd_amqp__waiters_expire(a, INT64_MAX);
+}
+
+typedef struct {
+  wd_amqp_t *amqp;
+  char target[WD_ID_MAX + 1];
+  bool group, waiting;
+  char message_id[37];
+  int64_t expires_ms;
+  wd_send_fn done;
+  void *arg;
+} send_job_t;
+
+static void on_sent(void *ctx, int rc, uint64_t count) {
+  send_job_t *j = ctx;
+  wd_send_result_t res = {.rc = rc, .expires_ms = j->expires_ms, .devices = j->group ? count : 0,
+                               .outcome = "queued"};
+  snprintf(res.message_id, sizeof res.message_id, "%s", j->message_id);
+  if (rc == WD_OK) {
+    if (j->group)
+      wd_amqp__notify_all_devices(j->amqp);
+    else
+      wd_amqp__notify_device(j->amqp, j->target);
+  }
+  if (!j->waiting) {
+    j->done(j->arg, &res);
+  } else if (rc < 0) {
+    /* Not queued: the waiter registered before submitting is ours to end. */
+    wd_waiter_t *w = waiter_take(j->amqp, j->target, j->message_id);
+    if (w) free(w);
+    j->done(j->arg, &res);
+  }
+  free(j);
+}
+
+int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg) {
+  if (!wd_id_valid(req->target) || (req->group && !req->notification) || (req->wait_s && req->notification))
+    return WD_ERR_INVALID;
+  char id[37];
+  new_uuid(id);
+  int64_t now = wd_now_ms();
+  uint64_t ttl_ms = req->wait_s ? (uint64_t)req->wait_s * 1000 : req->ttl_s ? (uint64_t)req->ttl_s * 1000 : a->cfg.default_ttl_ms;
+  if (ttl_ms > a->cfg.max_ttl_ms) ttl_ms = a->cfg.max_ttl_ms;
+
+  pn_message_t *m = pn_message();
+  if (!m) return WD_ERR_NOMEM;
+  pn_message_set_id(m, (pn_msgid_t){.type = PN_STRING, .u.as_bytes = pn_bytes(strlen(id), id)});
+  if (req->content_type && req->content_type[0]) pn_message_set_content_type(m, req->content_type);
+  pn_message_set_durable(m, true);
+  pn_message_set_creation_time(m, now);
+  pn_data_put_binary(pn_message_body(m), pn_bytes(req->len, req->body));
+  size_t raw_len, stored_len, unused;
+  void *raw = encode_message(m, &raw_len);
+  pn_message_free(m);
+  uint8_t *stored = NULL;
+  const wd_msg_rewrite_t how = {.drop_header = true};
+  int rc = raw ? wd_msg_rewrite(raw, raw_len, &how, &stored, &stored_len, &unused) : WD_ERR_NOMEM;
+  free(raw);
+  if (rc < 0) return rc;
+  if (stored_len > a->cfg.max_message_size) {
+    free(stored);
+    return WD_ERR_LIMIT;
+  }
+
+  uint8_t id_raw[64];
+  size_t id_raw_len = 0;
+  msgid_raw((pn_msgid_t){.type = PN_STRING, .u.as_bytes = pn_bytes(strlen(id), id)}, id_raw, sizeof id_raw,
+            &id_raw_len);
+  send_job_t *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(stored);
+    return WD_ERR_NOMEM;
+  }
+  *j = (send_job_t){.amqp = a, .group = req->group, .waiting = req->wait_s > 0, .expires_ms = now + (int64_t)ttl_ms,
+                    .done = done, .arg = arg};
+  snprintf(j->target, sizeof j->target, "%s", req->target);
+  memcpy(j->message_id, id, sizeof id);
+  if (j->waiting) {
+    wd_waiter_t *w = calloc(1, sizeof *w);
+    if (!w) {
+      free(j);
+      free(stored);
+      return WD_ERR_NOMEM;
+    }
+    snprintf(w->device, sizeof w->device, "%s", req->target);
+    memcpy(w->message_id, id, sizeof id);
+    w->deadline_mono_ms = wd_mono_ms() + (int64_t)ttl_ms;
+    w->expires_ms = j->expires_ms;
+    w->done = done;
+    w->arg = arg;
+    pthread_mutex_lock(&a->waiters_lock);
+    bool ended = a->waits_ended;
+    if (!ended) {
+      w->next = a->waiters;
+      a->waiters = w;
+    }
+    pthread_mutex_unlock(&a->waiters_lock);
+    if (ended) {
+      free(w);
+      free(j);
+      free(stored);
+      return WD_ERR_SHUTDOWN;
+    }
+  }
+  wd_store_enqueue_t msg = {.kind = req->notification ? WD_QUEUE_NOTIFICATION : WD_QUEUE_COMMAND,
+                            .durable = true,
+                            .priority = 4,
+                            .ttl_ms = (uint32_t)(ttl_ms > UINT32_MAX ? UINT32_MAX : ttl_ms),
+                            .expiry_ms = j->expires_ms,
+                            .message_id = id,
+                            .message_id_raw = id_raw,
+                            .message_id_raw_len = id_raw_len,
+                            .reply_to = req->notification ? NULL : "responses",
+                            .data = stored,
+                            .len = stored_len};
+  rc = req->group ? wd_store_group_enqueue(a->store, req->target, &msg, a->cfg.queue_limit, on_sent, j)
+                  : wd_store_queue_append(a->store, req->target, &msg, a->cfg.queue_limit, on_sent, j);
+  if (rc < 0) {
+    if (j->waiting) free(waiter_take(a, req->target, id));
+    free(j);
+    free(stored);
+  }
+  return rc;
 }

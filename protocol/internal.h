@@ -108,6 +108,10 @@ struct wd_amqp {
   wd_conn_t *closing;
 
   _Atomic int64_t next_tick_ms;
+
+  pthread_mutex_t waiters_lock; /* REST requests waiting for a device's response */
+  struct wd_waiter *waiters;
+  bool waits_ended; /* under waiters_lock */
 };
 
 /* connections.c */
@@ -184,6 +188,12 @@ uint64_t wd_amqp__tag_seq(pn_delivery_t *d);
 void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link);
 /* A posted job that pumps every outbound link of the connection. */
 void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard);
+
+/* REST waits (commands.c): a device's response, a command's failure, or the deadline ends them. */
+void wd_amqp__waiter_respond(wd_amqp_t *a, const char *device_id, const char *message_id, const void *body,
+                             size_t len, const char *content_type);
+void wd_amqp__waiters_expire(wd_amqp_t *a, int64_t now_mono_ms);
+void wd_amqp__waiters_fini(wd_amqp_t *a);
 
 /* Reads a complete incoming delivery into a buffer, enforcing the size limit.
  * Returns the buffer (owned) or NULL after settling/closing as appropriate. */

@@ -140,14 +140,50 @@ void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) 
   pn_link_flow(link, WD_CREDIT_WINDOW);
 }
 
-/* The log a response goes to: the reply-to its command was sent with. */
+/* The payload of a response as bytes: a data section or a string value as
+ * they are; another value in AMQP's text notation. Returned owned or NULL. */
+static char *response_body(pn_message_t *m, size_t *len) {
+  pn_data_t *body = pn_message_body(m);
+  pn_data_rewind(body);
+  if (pn_data_next(body)) {
+    if (pn_data_type(body) == PN_BINARY || pn_data_type(body) == PN_STRING) {
+      pn_bytes_t b = pn_data_type(body) == PN_BINARY ? pn_data_get_binary(body) : pn_data_get_string(body);
+      char *copy = malloc(b.size ? b.size : 1);
+      if (copy && b.size) memcpy(copy, b.start, b.size);
+      *len = b.size;
+      return copy;
+    }
+    size_t cap = 4096;
+    char *text = malloc(cap);
+    pn_data_rewind(body);
+    if (text && pn_data_format(body, text, &cap) == 0) {
+      *len = cap;
+      return text;
+    }
+    free(text);
+  }
+  *len = 0;
+  return calloc(1, 1);
+}
+
+/* A device's response: recorded in its command's status, handed to a REST
+ * request waiting for it, and stored in the log its command's reply-to names. */
 static wd_store_log_t *response_log(wd_conn_t *c, const uint8_t *raw, size_t len) {
   char reply_to[WD_REPLY_TO_MAX + 1] = "responses";
   pn_message_t *m = pn_message();
   if (m && pn_message_decode(m, (const char *)raw, len) == 0) {
     char key[WD_MSGID_KEY_MAX + 1];
-    if (wd_amqp__msgid_key(pn_message_get_correlation_id(m), key, sizeof key) == WD_OK)
-      wd_store_command_reply_to(c->amqp->store, c->who.id, key, reply_to);
+    if (wd_amqp__msgid_key(pn_message_get_correlation_id(m), key, sizeof key) == WD_OK &&
+        wd_store_command_reply_to(c->amqp->store, c->who.id, key, reply_to) == WD_OK) {
+      size_t blen;
+      char *body = response_body(m, &blen);
+      const char *type = pn_message_get_content_type(m);
+      if (body) {
+        wd_store_command_respond(c->amqp->store, c->who.id, key, type, body, blen, NULL, NULL);
+        wd_amqp__waiter_respond(c->amqp, c->who.id, key, body, blen, type);
+      }
+      free(body);
+    }
   }
   pn_message_free(m);
   wd_store_log_t *log = NULL;

@@ -203,40 +203,112 @@ static size_t status_key(uint8_t *key, const char *device, const char *msgid) {
   return n + 1 + m;
 }
 
+/* A command's status record: version, state, seq, queued, delivered, final,
+ * expires, responded (8 each), reply-to (2 + n), response content type
+ * (2 + n), response (4 + n). */
+#define STATUS_FIXED 50
+#define RESPONSE_MAX (64 * 1024)
+
+typedef struct {
+  uint8_t state;
+  uint64_t seq;
+  int64_t queued_ms, delivered_ms, final_ms, expires_ms, responded_ms;
+  char reply_to[WD_REPLY_TO_MAX + 1];
+  char content_type[256];
+  const void *response; /* borrowed */
+  size_t response_len;
+} status_t;
+
+static int status_decode(const MDB_val *v, status_t *st) {
+  const uint8_t *p = v->mv_data, *end = p + v->mv_size;
+  if (v->mv_size < STATUS_FIXED + 8 || p[0] != 1) return WD_ERR_CORRUPT;
+  memset(st, 0, sizeof *st);
+  st->state = p[1];
+  st->seq = wd_store__be_u64(p + 2);
+  st->queued_ms = (int64_t)wd_store__be_u64(p + 10);
+  st->delivered_ms = (int64_t)wd_store__be_u64(p + 18);
+  st->final_ms = (int64_t)wd_store__be_u64(p + 26);
+  st->expires_ms = (int64_t)wd_store__be_u64(p + 34);
+  st->responded_ms = (int64_t)wd_store__be_u64(p + 42);
+  p += STATUS_FIXED;
+  size_t n = be16(p);
+  if (n > WD_REPLY_TO_MAX || (size_t)(end - p) < 2 + n + 2) return WD_ERR_CORRUPT;
+  memcpy(st->reply_to, p + 2, n);
+  p += 2 + n;
+  n = be16(p);
+  if (n >= sizeof st->content_type || (size_t)(end - p) < 2 + n + 4) return WD_ERR_CORRUPT;
+  memcpy(st->content_type, p + 2, n);
+  p += 2 + n;
+  n = wd_store__be_u32(p);
+  if ((size_t)(end - p) < 4 + n) return WD_ERR_CORRUPT;
+  st->response = p + 4;
+  st->response_len = n;
+  return WD_OK;
+}
+
+static int status_put(wd_store_t *s, MDB_txn *txn, const MDB_val *k, const status_t *st) {
+  size_t rlen = strlen(st->reply_to), clen = strlen(st->content_type);
+  MDB_val v = {STATUS_FIXED + 2 + rlen + 2 + clen + 4 + st->response_len, NULL};
+  /* The response may point into the old value: copy it out before reserving. */
+  void *resp = NULL;
+  if (st->response_len) {
+    if (!(resp = malloc(st->response_len))) return WD_ERR_NOMEM;
+    memcpy(resp, st->response, st->response_len);
+  }
+  int rc = mdb_put(txn, s->dbi_commands, (MDB_val *)k, &v, MDB_RESERVE);
+  if (rc) {
+    free(resp);
+    return wd_store__map_rc(rc);
+  }
+  uint8_t *p = v.mv_data;
+  p[0] = 1;
+  p[1] = st->state;
+  wd_store__u64_be(p + 2, st->seq);
+  wd_store__u64_be(p + 10, (uint64_t)st->queued_ms);
+  wd_store__u64_be(p + 18, (uint64_t)st->delivered_ms);
+  wd_store__u64_be(p + 26, (uint64_t)st->final_ms);
+  wd_store__u64_be(p + 34, (uint64_t)st->expires_ms);
+  wd_store__u64_be(p + 42, (uint64_t)st->responded_ms);
+  p += STATUS_FIXED;
+  put_be16(p, rlen);
+  memcpy(p + 2, st->reply_to, rlen);
+  p += 2 + rlen;
+  put_be16(p, clen);
+  memcpy(p + 2, st->content_type, clen);
+  p += 2 + clen;
+  wd_store__u32_be(p, (uint32_t)st->response_len);
+  if (st->response_len) memcpy(p + 4, resp, st->response_len);
+  free(resp);
+  return WD_OK;
+}
+
 /* Sets a command's state; a final state starts the status's retention. */
 static int status_set(wd_store_t *s, MDB_txn *txn, const char *device, const wd_store_queued_t *q, uint8_t state,
                       const char *reply_to, int64_t now) {
   if (q->kind != WD_QUEUE_COMMAND || !q->message_id[0]) return WD_OK;
   uint8_t key[WD_ID_MAX + 1 + MSGID_MAX];
   MDB_val k = {status_key(key, device, q->message_id), key}, v;
-  uint8_t buf[34 + 2 + WD_REPLY_TO_MAX];
-  size_t len;
+  status_t st;
   int rc = state == ST_QUEUED ? MDB_NOTFOUND : mdb_get(txn, s->dbi_commands, &k, &v);
-  if (rc == MDB_SUCCESS && v.mv_size >= 36 && v.mv_size <= sizeof buf) {
-    memcpy(buf, v.mv_data, v.mv_size);
-    len = v.mv_size;
-  } else if (rc == MDB_NOTFOUND || rc == MDB_SUCCESS) {
-    size_t rlen = reply_to ? strlen(reply_to) : 0;
-    if (rlen > WD_REPLY_TO_MAX) rlen = 0;
-    memset(buf, 0, 34);
-    buf[0] = 1;
-    wd_store__u64_be(buf + 2, q->seq);
-    wd_store__u64_be(buf + 10, (uint64_t)q->enqueued_ms);
-    put_be16(buf + 34, rlen);
-    if (rlen) memcpy(buf + 36, reply_to, rlen);
-    len = 36 + rlen;
+  if (rc == MDB_SUCCESS) {
+    if ((rc = status_decode(&v, &st)) < 0) return rc;
+  } else if (rc == MDB_NOTFOUND) {
+    memset(&st, 0, sizeof st);
+    st.seq = q->seq;
+    st.queued_ms = q->enqueued_ms;
+    st.expires_ms = q->expiry_ms;
+    if (reply_to && strlen(reply_to) <= WD_REPLY_TO_MAX) snprintf(st.reply_to, sizeof st.reply_to, "%s", reply_to);
   } else {
     return wd_store__map_rc(rc);
   }
-  buf[1] = state;
-  if (state == ST_DELIVERED) wd_store__u64_be(buf + 18, (uint64_t)now);
+  st.state = state;
+  if (state == ST_DELIVERED) st.delivered_ms = now;
   if (state >= ST_COMPLETED) {
-    wd_store__u64_be(buf + 26, (uint64_t)now);
+    st.final_ms = now;
     rc = expiry_put(s, txn, now + STATUS_RETENTION_MS, EXPIRY_STATUS, device, q->message_id, strlen(q->message_id));
     if (rc < 0) return rc;
   }
-  v = (MDB_val){len, buf};
-  return wd_store__map_rc(mdb_put(txn, s->dbi_commands, &k, &v, 0));
+  return status_put(s, txn, &k, &st);
 }
 
 /* --------------------------------------------------- outcome side effects */
@@ -727,8 +799,10 @@ int wd_store__queues_load(wd_store_t *s, MDB_txn *txn) {
   return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? WD_OK : wd_store__map_rc(rc);
 }
 
-int wd_store__queue_drop_device(wd_store_t *s, MDB_txn *txn, const char *id) {
+/* Empties a device's queue: feedback "purged" for each command. */
+static int purge(wd_store_t *s, MDB_txn *txn, const char *id, uint64_t *count) {
   int64_t now = wd_now_ms();
+  *count = 0;
   for (;;) {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, s->dbi_queues, &cur);
@@ -740,17 +814,61 @@ int wd_store__queue_drop_device(wd_store_t *s, MDB_txn *txn, const char *id) {
     bool found = rc == MDB_SUCCESS && k.mv_size == plen + 8 && memcmp(k.mv_data, key, plen) == 0;
     uint64_t seq = found ? wd_store__be_u64((uint8_t *)k.mv_data + plen) : 0;
     mdb_cursor_close(cur);
-    if (!found) break;
+    if (!found) return WD_OK;
     view_t view;
-    if ((rc = get_view(s, txn, id, seq, &view)) < 0) return rc;
+    if ((rc = get_view(s, txn, id, seq, &view)) < 0 || (rc = load_blob(s, txn, &view)) < 0) return rc;
     if ((rc = feedback(s, txn, id, &view.q, "purged", now)) < 0 ||
         (rc = status_set(s, txn, id, &view.q, ST_PURGED, NULL, now)) < 0 ||
         (rc = remove_record(s, txn, id, &view)) < 0)
       return rc;
+    ++*count;
   }
+}
+
+int wd_store__queue_drop_device(wd_store_t *s, MDB_txn *txn, const char *id) {
+  uint64_t count;
+  int rc = purge(s, txn, id, &count);
+  if (rc < 0) return rc;
   MDB_val k = {strlen(id), (void *)id};
-  int rc = mdb_del(txn, s->dbi_queue_meta, &k, NULL);
+  rc = mdb_del(txn, s->dbi_queue_meta, &k, NULL);
   return rc == MDB_NOTFOUND ? WD_OK : wd_store__map_rc(rc);
+}
+
+typedef struct {
+  wd_store__op_t base;
+  char device[WD_ID_MAX + 1];
+  uint64_t count;
+  wd_store_enqueue_done_fn done;
+  void *ctx;
+} purge_op_t;
+
+static int apply_purge(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
+  purge_op_t *op = (purge_op_t *)base;
+  wd_device_t *d = NULL;
+  int rc = wd_store__device_get_in(s, txn, op->device, &d);
+  wd_device_free(d);
+  return rc < 0 ? rc : purge(s, txn, op->device, &op->count);
+}
+
+static void complete_purge(wd_store_t *s, wd_store__op_t *base, int rc) {
+  (void)s;
+  purge_op_t *op = (purge_op_t *)base;
+  op->done(op->ctx, rc, rc == WD_OK ? op->count : 0);
+  free(op);
+}
+
+int wd_store_queue_purge(wd_store_t *s, const char *device_id, wd_store_enqueue_done_fn done, void *ctx) {
+  if (!wd_id_valid(device_id)) return WD_ERR_NOT_FOUND;
+  purge_op_t *op = calloc(1, sizeof *op);
+  if (!op) return WD_ERR_NOMEM;
+  op->base.apply = apply_purge;
+  op->base.complete = complete_purge;
+  snprintf(op->device, sizeof op->device, "%s", device_id);
+  op->done = done;
+  op->ctx = ctx;
+  int rc = wd_store__submit(s, &op->base);
+  if (rc < 0) free(op);
+  return rc;
 }
 
 int wd_store__members_update(wd_store_t *s, MDB_txn *txn, const char *id, const char *old_groups,
@@ -868,22 +986,116 @@ int wd_store_queue_depth(wd_store_t *s, const char *device_id, uint32_t *depth) 
 
 int wd_store_command_reply_to(wd_store_t *s, const char *device_id, const char *message_id,
                               char out[WD_REPLY_TO_MAX + 1]) {
-  if (strlen(message_id) > MSGID_MAX || !wd_id_valid(device_id)) return WD_ERR_NOT_FOUND;
+  wd_store_status_t st;
+  int rc = wd_store_command_status(s, device_id, message_id, &st);
+  if (rc < 0) return rc;
+  snprintf(out, WD_REPLY_TO_MAX + 1, "%s", st.reply_to[0] ? st.reply_to : "responses");
+  wd_store_status_fini(&st);
+  return WD_OK;
+}
+
+static const char *const state_names[] = {"", "queued", "delivered", "completed", "rejected", "expired",
+                                          "dead-lettered", "purged"};
+
+int wd_store_command_status(wd_store_t *s, const char *device_id, const char *message_id, wd_store_status_t *out) {
+  memset(out, 0, sizeof *out);
+  if (strlen(message_id) > MSGID_MAX || !message_id[0] || !wd_id_valid(device_id)) return WD_ERR_NOT_FOUND;
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
   if (rc) return wd_store__map_rc(rc);
   uint8_t key[WD_ID_MAX + 1 + MSGID_MAX];
   MDB_val k = {status_key(key, device_id, message_id), key}, v;
+  status_t st;
   rc = wd_store__map_rc(mdb_get(txn, s->dbi_commands, &k, &v));
+  if (rc == WD_OK) rc = status_decode(&v, &st);
   if (rc == WD_OK) {
-    size_t n = v.mv_size >= 36 ? be16((uint8_t *)v.mv_data + 34) : 0;
-    if (n == 0 || v.mv_size < 36 + n || n > WD_REPLY_TO_MAX) {
-      snprintf(out, WD_REPLY_TO_MAX + 1, "responses");
-    } else {
-      memcpy(out, (uint8_t *)v.mv_data + 36, n);
-      out[n] = '\0';
+    snprintf(out->state, sizeof out->state, "%s", st.state < 8 ? state_names[st.state] : "");
+    out->queued_ms = st.queued_ms;
+    out->delivered_ms = st.delivered_ms;
+    out->final_ms = st.final_ms;
+    out->expires_ms = st.expires_ms;
+    out->responded_ms = st.responded_ms;
+    snprintf(out->reply_to, sizeof out->reply_to, "%s", st.reply_to);
+    snprintf(out->response_type, sizeof out->response_type, "%s", st.content_type);
+    if (st.responded_ms) {
+      out->response = malloc(st.response_len ? st.response_len : 1);
+      if (!out->response) {
+        rc = WD_ERR_NOMEM;
+      } else {
+        memcpy(out->response, st.response, st.response_len);
+        out->response_len = st.response_len;
+      }
     }
   }
   mdb_txn_abort(txn);
+  return rc;
+}
+
+void wd_store_status_fini(wd_store_status_t *st) {
+  free(st->response);
+  st->response = NULL;
+}
+
+typedef struct {
+  wd_store__op_t base;
+  char device[WD_ID_MAX + 1];
+  char *message_id;
+  char content_type[256];
+  void *body;
+  size_t len;
+  wd_store_done_fn done;
+  void *ctx;
+} respond_op_t;
+
+static int apply_respond(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
+  respond_op_t *op = (respond_op_t *)base;
+  uint8_t key[WD_ID_MAX + 1 + MSGID_MAX];
+  MDB_val k = {status_key(key, op->device, op->message_id), key}, v;
+  int rc = mdb_get(txn, s->dbi_commands, &k, &v);
+  if (rc) return wd_store__map_rc(rc);
+  status_t st;
+  if ((rc = status_decode(&v, &st)) < 0) return rc;
+  st.responded_ms = wd_now_ms();
+  snprintf(st.content_type, sizeof st.content_type, "%s", op->content_type);
+  st.response = op->body;
+  st.response_len = op->len;
+  return status_put(s, txn, &k, &st);
+}
+
+static void complete_respond(wd_store_t *s, wd_store__op_t *base, int rc) {
+  (void)s;
+  respond_op_t *op = (respond_op_t *)base;
+  if (op->done) op->done(op->ctx, rc);
+  free(op->message_id);
+  free(op->body);
+  free(op);
+}
+
+int wd_store_command_respond(wd_store_t *s, const char *device_id, const char *message_id, const char *content_type,
+                             const void *body, size_t len, wd_store_done_fn done, void *ctx) {
+  if (!wd_id_valid(device_id) || !message_id[0] || strlen(message_id) > MSGID_MAX) return WD_ERR_INVALID;
+  if (len > RESPONSE_MAX) len = RESPONSE_MAX; /* the status keeps the start of a large response */
+  respond_op_t *op = calloc(1, sizeof *op);
+  if (!op) return WD_ERR_NOMEM;
+  op->base.apply = apply_respond;
+  op->base.complete = complete_respond;
+  snprintf(op->device, sizeof op->device, "%s", device_id);
+  snprintf(op->content_type, sizeof op->content_type, "%s", content_type ? content_type : "");
+  op->message_id = strdup(message_id);
+  op->body = malloc(len ? len : 1);
+  op->len = len;
+  op->done = done;
+  op->ctx = ctx;
+  if (!op->message_id || !op->body) {
+    op->done = NULL; /* an error return never runs the callback */
+    complete_respond(s, &op->base, WD_ERR_NOMEM);
+    return WD_ERR_NOMEM;
+  }
+  if (len) memcpy(op->body, body, len);
+  int rc = wd_store__submit(s, &op->base);
+  if (rc < 0) {
+    op->done = NULL;
+    complete_respond(s, &op->base, rc);
+  }
   return rc;
 }

@@ -144,6 +144,8 @@ void wd_store_group_release(wd_store_group_t *g, uint64_t seq);
 
 /* ------------------------------------------------------------ device queues */
 
+#define WD_REPLY_TO_MAX (WD_ID_MAX + 12) /* "responses/<id>" */
+
 /* Each device has a durable FIFO queue of commands, notifications and inquiry
  * replies, held until the device takes them, they expire, or they fail too
  * often. Outcomes of commands produce feedback records and failures dead-letter
@@ -244,9 +246,33 @@ int wd_store_queue_recover(wd_store_t *s, const char *device_id, wd_store_done_f
 /* Number of messages queued for a device. Thread-safe. */
 int wd_store_queue_depth(wd_store_t *s, const char *device_id, uint32_t *depth);
 
+/* Removes every message of a device's queue; each command gets feedback
+ * "purged". `done` gets the number removed; WD_ERR_NOT_FOUND for an unknown
+ * device. Thread-safe. */
+int wd_store_queue_purge(wd_store_t *s, const char *device_id, wd_store_enqueue_done_fn done, void *ctx);
+
+/* What became of a command, kept for a day after it ended. */
+typedef struct {
+  char state[16]; /* queued, delivered, completed, rejected, expired, dead-lettered, purged */
+  int64_t queued_ms, delivered_ms, final_ms, expires_ms, responded_ms; /* 0: not (yet) */
+  char reply_to[WD_REPLY_TO_MAX + 1];
+  char response_type[256];
+  void *response; /* owned, NULL unless responded; its first 64 KiB */
+  size_t response_len;
+} wd_store_status_t;
+
+/* Reads a command's status. WD_ERR_NOT_FOUND if unknown. *out: fini with
+ * wd_store_status_fini. Thread-safe. */
+int wd_store_command_status(wd_store_t *s, const char *device_id, const char *message_id, wd_store_status_t *out);
+void wd_store_status_fini(wd_store_status_t *st);
+
+/* Records the device's response to a command in its status. body: copied.
+ * WD_ERR_NOT_FOUND reaches `done` for an unknown command. Thread-safe. */
+int wd_store_command_respond(wd_store_t *s, const char *device_id, const char *message_id, const char *content_type,
+                             const void *body, size_t len, wd_store_done_fn done, void *ctx);
+
 /* The reply-to recorded with a command, so that the device's response can be
  * routed. Returns WD_ERR_NOT_FOUND if unknown. out: at least WD_ID_MAX+12 bytes. Thread-safe. */
-#define WD_REPLY_TO_MAX (WD_ID_MAX + 12)
 int wd_store_command_reply_to(wd_store_t *s, const char *device_id, const char *message_id,
                               char out[WD_REPLY_TO_MAX + 1]);
 

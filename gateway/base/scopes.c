@@ -34,3 +34,9 @@ bool wd_scopes_parse(const char *s, unsigned *mask, const char **bad) {
   *mask = m;
   return true;
 }
+
+const char *wd_scope_name(unsigned bit) {
+  for (size_t i = 0; i < sizeof scope_names / sizeof scope_names[0]; i++)
+    if (scope_names[i].bit == bit) return scope_names[i].name;
+  return "";
+}

@@ -19,4 +19,7 @@ enum {
  * and points *bad at it (borrowed from s). */
 bool wd_scopes_parse(const char *s, unsigned *mask, const char **bad);
 
+/* The name of one scope bit, e.g. "registry:read"; "" for anything else. */
+const char *wd_scope_name(unsigned bit);
+
 #endif
