@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "gateway/base/send.h"
+#include "gateway/base/bridge.h"
 #include "store/store.h"
 
 typedef struct wd_http wd_http_t;

@@ -122,7 +122,7 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
     wd_amqp_free(a);
     return rc;
   }
-  wd_store_set_append_listener(store, wd_amqp__log_appended, a);
+  if (rc == WD_OK) rc = wd_store_add_append_listener(store, wd_amqp__log_appended, a);
   wd_amqp__codec_install(a, a->cfg.max_delivery_count);
   pthread_mutex_lock(&a->listen_lock);
   if (a->cfg.listen) listen_on(a, 0, a->cfg.listen, false);
@@ -173,7 +173,6 @@ void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
 
 void wd_amqp_free(wd_amqp_t *a) {
   if (!a) return;
-  if (a->store) wd_store_set_append_listener(a->store, NULL, NULL);
   if (a->proactor) pn_proactor_free(a->proactor);
   if (a->ssl_domain) pn_ssl_domain_free(a->ssl_domain);
   if (a->by_id) wd_amqp__conns_fini(a);

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/base/send.h"
+#include "gateway/base/bridge.h"
 #include "store/store.h"
 
 typedef struct wd_amqp wd_amqp_t;

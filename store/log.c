@@ -275,14 +275,11 @@ void wd_store__logs_rollback(wd_store_t *s) {
 }
 
 static void publish(wd_store_t *s) {
-  pthread_mutex_lock(&s->listener_lock);
-  wd_store_append_fn fn = s->append_fn;
-  void *arg = s->append_arg;
-  pthread_mutex_unlock(&s->listener_lock);
+  int n = atomic_load(&s->n_listeners);
   for (size_t i = 0; i < s->n_touched; i++) {
     wd_store_log_t *log = s->touched[i].log;
     atomic_store(&log->committed_next_seq, log->next_seq);
-    if (fn) fn(arg, log);
+    for (int l = 0; l < n; l++) s->listeners[l].fn(s->listeners[l].arg, log);
   }
   s->n_touched = 0;
 }
@@ -510,3 +507,23 @@ static void settle(wd_store_group_t *g, uint64_t seq, uint8_t to) {
 void wd_store_group_ack(wd_store_group_t *g, uint64_t seq) { settle(g, seq, ACKED); }
 
 void wd_store_group_release(wd_store_group_t *g, uint64_t seq) { settle(g, seq, RELEASED); }
+
+int wd_store_log_read(wd_store_log_t *log, uint64_t from, wd_store_record_t *out, size_t max) {
+  wd_store_t *s = log->store;
+  uint64_t first = atomic_load(&log->first_seq), limit = atomic_load(&log->committed_next_seq);
+  if (from < first) from = first;
+  if (from >= limit || max == 0) return 0;
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return wd_store__map_rc(rc);
+  size_t n = 0;
+  for (uint64_t seq = from; seq < limit && n < max; seq++)
+    if (read_record(s, txn, log->id, seq, &out[n])) n++;
+  mdb_txn_abort(txn);
+  return (int)n;
+}
+
+void wd_store_log_bounds(wd_store_log_t *log, uint64_t *first, uint64_t *next) {
+  *first = atomic_load(&log->first_seq);
+  *next = atomic_load(&log->committed_next_seq);
+}

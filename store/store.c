@@ -250,7 +250,6 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   pthread_mutex_init(&s->logs_lock, NULL);
   s->max_delivery_count = 10;
   s->next_expiry_ms = INT64_MAX;
-  pthread_mutex_init(&s->listener_lock, NULL);
 
   int rc = mdb_env_create(&s->env);
   if (rc == MDB_SUCCESS) rc = mdb_env_set_mapsize(s->env, (size_t)max_size);
@@ -325,7 +324,6 @@ void wd_store_close(wd_store_t *s) {
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->wake);
   pthread_mutex_destroy(&s->logs_lock);
-  pthread_mutex_destroy(&s->listener_lock);
   free(s);
 }
 
@@ -340,9 +338,11 @@ void wd_store_stats(wd_store_t *s, wd_store_stats_t *out) {
   out->commit_failures_full = atomic_load(&s->commit_failures_full);
 }
 
-void wd_store_set_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg) {
-  pthread_mutex_lock(&s->listener_lock);
-  s->append_fn = fn;
-  s->append_arg = arg;
-  pthread_mutex_unlock(&s->listener_lock);
+int wd_store_add_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg) {
+  int n = atomic_load(&s->n_listeners);
+  if (n == 4) return WD_ERR_LIMIT;
+  s->listeners[n].fn = fn;
+  s->listeners[n].arg = arg;
+  atomic_store(&s->n_listeners, n + 1);
+  return WD_OK;
 }

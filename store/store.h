@@ -106,14 +106,28 @@ int wd_store_device_write(wd_store_t *s, wd_device_op_t op, const wd_device_t *c
 typedef struct wd_store_log wd_store_log_t;
 typedef struct wd_store_group wd_store_group_t;
 
+typedef struct {
+  uint64_t seq;
+  void *data; /* owned: free() it */
+  size_t len;
+} wd_store_record_t;
+
+
 /* Returns the log of that name, creating it if needed. The handle lives as
  * long as the store. Thread-safe. */
 int wd_store_log_open(wd_store_t *s, const char *name, wd_store_log_t **out);
 const char *wd_store_log_name(const wd_store_log_t *log);
 
-/* Called on the writer thread after each commit that appended to `log`. */
+/* Called on the writer thread after each commit that appended to `log`. Up
+ * to four listeners; added before traffic starts, never removed. Not thread-safe. */
 typedef void (*wd_store_append_fn)(void *arg, wd_store_log_t *log);
-void wd_store_set_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg);
+int wd_store_add_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg);
+
+/* Reads committed records from seq `from` on, whoever has read them: up to
+ * max, in order. Returns the count or < 0; free each record's data. Thread-safe. */
+int wd_store_log_read(wd_store_log_t *log, uint64_t from, wd_store_record_t *out, size_t max);
+/* The oldest retained record and the next to be committed. Thread-safe. */
+void wd_store_log_bounds(wd_store_log_t *log, uint64_t *first, uint64_t *next);
 
 typedef void (*wd_store_done_fn)(void *ctx, int rc);
 
@@ -126,12 +140,6 @@ int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_
 
 /* Returns the group, creating it if needed; it lives as long as the store. Thread-safe. */
 int wd_store_group_open(wd_store_log_t *log, const char *name, wd_store_group_t **out);
-
-typedef struct {
-  uint64_t seq;
-  void *data; /* owned: free() it */
-  size_t len;
-} wd_store_record_t;
 
 /* Claims up to `max` records for delivery: first released ones, then new ones.
  * Returns the count claimed (>= 0) or < 0. Thread-safe. */

@@ -218,8 +218,10 @@ static int wait_listener(listener_t *l, wd_store_log_t *log) {
 static void test_append_listener_hears_which_log_grew(void **state) {
   fx_t *fx = *state;
   fx_open(fx);
-  listener_t l = {.fx = fx};
-  wd_store_set_append_listener(fx->store, on_appended, &l);
+  /* Listeners stay for the store's life, which ends in the teardown: keep l alive as long. */
+  static listener_t l;
+  l = (listener_t){.fx = fx};
+  assert_int_equal(wd_store_add_append_listener(fx->store, on_appended, &l), WD_OK);
   fx_append_text(fx, "rec-1");
   wait_listener(&l, fx->log);
   wd_store_log_t *feedback = NULL;
@@ -233,7 +235,6 @@ static void test_append_listener_hears_which_log_grew(void **state) {
   pthread_mutex_lock(&fx->mu);
   assert_int_equal(l.calls, calls);
   pthread_mutex_unlock(&fx->mu);
-  wd_store_set_append_listener(fx->store, NULL, NULL);
 }
 
 /* --------------------------------------------------------------- groups */

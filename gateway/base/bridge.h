@@ -1,5 +1,8 @@
-#ifndef WD_BASE_SEND_H
-#define WD_BASE_SEND_H
+#ifndef WD_BASE_BRIDGE_H
+#define WD_BASE_BRIDGE_H
+
+/* The types REST and AMQP exchange through gateway/: plain C, so that http/
+ * and protocol/ never include each other. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,5 +35,17 @@ typedef struct {
 } wd_send_result_t;
 
 typedef void (*wd_send_fn)(void *arg, const wd_send_result_t *res);
+
+/* A telemetry record as REST shows it. Strings and body point into `owned`
+ * (or the record) and live until the decoder's caller frees `owned`. */
+typedef struct {
+  char device_id[129];
+  uint64_t seq;
+  int64_t enqueued_ms;
+  char content_type[256];
+  const void *body;
+  size_t len;
+  void *owned; /* free() when done */
+} wd_telemetry_t;
 
 #endif
