@@ -137,6 +137,7 @@ static const key_t_ keys[] = {
     {"auth", "allow_key_password", T_BOOL, OFF(allow_key_password), 0, 0},
     {"auth", "jwt_issuer", T_STRING, OFF(jwt_issuer), 0, 0},
     {"auth", "jwt_public_key", T_STRING, OFF(jwt_public_key), 0, 0},
+    {"auth", "jwt_audience", T_STRING, OFF(jwt_audience), 0, 0},
     {"commands", "default_ttl", T_SECONDS, OFF(default_ttl_s), 1, 365 * 86400},
     {"commands", "max_ttl", T_SECONDS, OFF(max_ttl_s), 1, 365 * 86400},
     {"commands", "queue_limit", T_COUNT, OFF(queue_limit), 1, 100000},
@@ -264,6 +265,10 @@ static int check(wd_config_t *cfg, char *err, size_t errcap) {
     snprintf(err, errcap, "[amqp] %s: tls_cert and tls_key go together", cfg->amqp_tls_cert ? "tls_key" : "tls_cert");
     return WD_ERR_INVALID;
   }
+  if (!cfg->jwt_issuer != !cfg->jwt_public_key) {
+    snprintf(err, errcap, "[auth] %s: jwt_issuer and jwt_public_key go together", cfg->jwt_issuer ? "jwt_public_key" : "jwt_issuer");
+    return WD_ERR_INVALID;
+  }
   if (!cfg->http_tls_cert != !cfg->http_tls_key) {
     snprintf(err, errcap, "[http] %s: tls_cert and tls_key go together", cfg->http_tls_cert ? "tls_key" : "tls_cert");
     return WD_ERR_INVALID;
@@ -315,7 +320,7 @@ void wd_config_free(wd_config_t *cfg) {
   char **strings[] = {&cfg->hostname,        &cfg->log_level,       &cfg->store_path,    &cfg->amqp_listen,
                       &cfg->amqp_tls_listen, &cfg->amqp_tls_cert,   &cfg->amqp_tls_key,  &cfg->amqp_tls_ca,
                       &cfg->http_listen,     &cfg->http_tls_cert,   &cfg->http_tls_key,  &cfg->jwt_issuer,
-                      &cfg->jwt_public_key,  &cfg->upstream_url,    &cfg->upstream_device_id, &cfg->upstream_key,
+                      &cfg->jwt_public_key,  &cfg->jwt_audience, &cfg->upstream_url,    &cfg->upstream_device_id, &cfg->upstream_key,
                       &cfg->upstream_ca};
   for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) free(*strings[i]);
   for (size_t i = 0; i < cfg->n_services; i++) {

@@ -31,7 +31,7 @@ typedef struct {
   char *http_listen, *http_tls_cert, *http_tls_key;
 
   bool dev_mode, allow_key_password;
-  char *jwt_issuer, *jwt_public_key;
+  char *jwt_issuer, *jwt_public_key, *jwt_audience;
 
   uint32_t default_ttl_s, max_ttl_s, queue_limit, max_delivery_count;
 

@@ -2,6 +2,8 @@
  * proactor threads and the shutdown order. */
 
 #include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -88,6 +90,29 @@ static bool http_connected(void *ctx, const char *device_id, int64_t *last_seen_
   return wd_amqp_device_connected(ctx, device_id, last_seen_ms);
 }
 
+/* Reads the JWT issuer's public key and checks it is one warden verifies with
+ * (RSA for RS256, P-256 for ES256), so a wrong key fails at start, not per call. */
+static char *jwt_public_key(const char *path) {
+  size_t len;
+  char *pem = wd_read_file(path, &len);
+  if (!pem) {
+    fprintf(stderr, "warden: bad configuration: [auth] jwt_public_key: cannot read %s: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  BIO *bio = BIO_new_mem_buf(pem, (int)len);
+  EVP_PKEY *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+  bool ok = key && (EVP_PKEY_is_a(key, "RSA") ||
+                    (EVP_PKEY_is_a(key, "EC") && EVP_PKEY_get_bits(key) == 256));
+  EVP_PKEY_free(key);
+  BIO_free(bio);
+  if (!ok) {
+    fprintf(stderr, "warden: bad configuration: [auth] jwt_public_key: %s is not a PEM RSA or P-256 public key\n", path);
+    free(pem);
+    return NULL;
+  }
+  return pem;
+}
+
 static void *proactor_thread(void *arg) {
   wd_amqp_run(arg);
   return NULL;
@@ -103,8 +128,6 @@ static int serve(const char *config_path) {
   wd_log_parse_level(cfg->log_level, &wd_log_threshold);
   if (cfg->upstream_url)
     wd_log("gateway", WD_LOG_WARNING, "[upstream] is configured but federation is not implemented yet; ignored");
-  if (cfg->jwt_issuer || cfg->jwt_public_key)
-    wd_log("gateway", WD_LOG_WARNING, "[auth] jwt_* is configured but JWT bearer tokens are not implemented yet; ignored");
 
   /* Signals are taken by sigwait in this thread only; every thread created below inherits the mask. */
   sigset_t signals;
@@ -120,7 +143,7 @@ static int serve(const char *config_path) {
   wd_http_t *http = NULL;
   pthread_t *threads = NULL;
   unsigned n_threads = 0;
-  char *token = NULL, *dev_cert = NULL, *dev_key = NULL;
+  char *token = NULL, *dev_cert = NULL, *dev_key = NULL, *jwt_key = NULL;
   wd_amqp_service_t *services = NULL;
 
   int rc = wd_store_open(cfg->store_path, cfg->store_max_size, &store);
@@ -181,8 +204,11 @@ static int serve(const char *config_path) {
     goto out;
   }
 
+  if (cfg->jwt_issuer && !(jwt_key = jwt_public_key(cfg->jwt_public_key))) goto out;
   if (cfg->http_listen && cfg->http_listen[0]) {
-    wd_http_config_t hcfg = {.listen = cfg->http_listen,
+    wd_http_config_t hcfg = {.jwt_issuer = cfg->jwt_issuer,
+                             .jwt_audience = cfg->jwt_audience,
+                             .jwt_public_key_pem = jwt_key,.listen = cfg->http_listen,
                              .tls_cert = cfg->http_tls_cert,
                              .tls_key = cfg->http_tls_key,
                              .default_queue_limit = cfg->queue_limit,
@@ -218,6 +244,7 @@ out:
   free(services);
   free(dev_cert);
   free(dev_key);
+  free(jwt_key);
   if (token) explicit_bzero(token, strlen(token));
   free(token);
   wd_config_free(cfg);

@@ -103,6 +103,7 @@ struct wd_http_req {
   wd_device_t *after; /* owned copy of the committed record */
   uint32_t wait_s;    /* a command send that waits for the response */
   const char *location, *retry_after, *message_id; /* extra response headers, borrowed while answering */
+  wd_http_principal_t who; /* the caller, once authenticated */
   wd_send_result_t sent; /* its outcome; strings point into the fields below */
   char sent_outcome[32];
   char sent_type[256];
@@ -116,6 +117,7 @@ struct wd_http {
   wd_http_ops_t ops;
   uint32_t default_queue_limit;
   uint32_t max_payload;
+  wd_jwt_config_t jwt; /* strings owned; issuer NULL when JWTs are off */
   uint16_t port;
   bool started;  /* set once MHD_start_daemon returned: MHD's log goes to DEBUG */
   uint64_t next_req_id; /* HTTP thread only */
@@ -356,6 +358,8 @@ static enum MHD_Result device_get(wd_http_req_t *r) {
   return ret;
 }
 
+static bool may_reach_device(wd_http_req_t *r, const char *id);
+
 static enum MHD_Result device_list(wd_http_req_t *r) {
   wd_http_t *h = r->h;
   const char *cursor_raw = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "cursor");
@@ -372,7 +376,9 @@ static enum MHD_Result device_list(wd_http_req_t *r) {
   size_t shown = (size_t)n > limit ? limit : (size_t)n;
   json_t *list = json_array(), *root = json_object();
   bool bad = !list || !root;
-  for (size_t i = 0; i < shown && !bad; i++) bad = json_array_append_new(list, device_render(h, devs[i], NULL)) < 0;
+  /* A restricted caller sees its devices only (pages may then be short). */
+  for (size_t i = 0; i < shown && !bad; i++)
+    if (may_reach_device(r, devs[i]->id)) bad = json_array_append_new(list, device_render(h, devs[i], NULL)) < 0;
   if (!bad) {
     bad = json_object_set(root, "devices", list) < 0 ||
           json_object_set_new(root, "nextCursor",
@@ -823,6 +829,7 @@ static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const c
 
 static void req_free(wd_http_req_t *r) {
   if (!r) return;
+  wd_http_principal_fini(&r->who);
   free(r->body);
   free(r->sent_body);
   if (r->dev_parsed) wd_http__device_body_fini(&r->dev);
@@ -880,11 +887,12 @@ static enum MHD_Result on_headers(wd_http_req_t *r) {
   if (r->route.needs_auth) {
     const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     const char *token = wd_http__bearer_token(auth);
-    unsigned scopes = 0;
     if (!token)
       return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "an Authorization: Bearer token is required");
-    if (!h->ops.authenticate || h->ops.authenticate(h->ops.ctx, token, &scopes) < 0)
-      return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "the bearer token is not valid");
+    bool ok = h->ops.authenticate && h->ops.authenticate(h->ops.ctx, token, &r->who.scopes) == WD_OK;
+    if (!ok && h->jwt.issuer) ok = wd_http__jwt_verify(&h->jwt, token, wd_now_ms() / 1000, &r->who) == WD_OK;
+    if (!ok) return answer_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized", "the bearer token is not valid");
+    unsigned scopes = r->who.scopes;
     if ((scopes & r->route.scope) != r->route.scope)
       return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "this call needs the scope %s",
                           wd_scope_name(r->route.scope));
@@ -907,7 +915,39 @@ static enum MHD_Result on_headers(wd_http_req_t *r) {
 }
 
 /* The whole request is in: act on it. */
+static bool listed(char **ids, size_t n, const char *id) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(ids[i], id) == 0) return true;
+  return false;
+}
+
+/* May the caller reach this device? A restricted JWT names its devices, or
+ * groups whose members it may reach. */
+static bool may_reach_device(wd_http_req_t *r, const char *id) {
+  const wd_http_principal_t *p = &r->who;
+  if (!p->restricted || listed(p->devices, p->n_devices, id)) return true;
+  if (p->n_groups == 0) return false;
+  wd_device_t *d = NULL;
+  if (wd_store_device_get(r->h->store, id, &d) < 0) return false;
+  bool ok = false;
+  for (const char *g = d->groups; !ok && *g;) {
+    size_t len = strcspn(g, " ");
+    for (size_t i = 0; i < p->n_groups && !ok; i++)
+      ok = strlen(p->groups[i]) == len && strncmp(p->groups[i], g, len) == 0;
+    g += len;
+    while (*g == ' ') g++;
+  }
+  wd_device_free(d);
+  return ok;
+}
+
 static enum MHD_Result on_complete(wd_http_req_t *r) {
+  if (r->route.id[0] && r->who.restricted) {
+    bool group = r->route.kind == WD_HTTP_ROUTE_NOTIFY_GROUP;
+    if (group ? !listed(r->who.groups, r->who.n_groups, r->route.id) : !may_reach_device(r, r->route.id))
+      return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "the token does not reach %s %s",
+                          group ? "group" : "device", r->route.id);
+  }
   if (r->too_large)
     return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", "the body may be at most %zu bytes",
                         body_max(r));
@@ -1026,6 +1066,9 @@ static void tls_free(wd_http_t *h) {
 
 static void http_free(wd_http_t *h) {
   tls_free(h);
+  free((char *)h->jwt.issuer);
+  free((char *)h->jwt.audience);
+  free((char *)h->jwt.public_key_pem);
   pthread_cond_destroy(&h->cond);
   free(h);
 }
@@ -1106,6 +1149,16 @@ int wd_http_start(const wd_http_config_t *cfg, wd_store_t *store, const wd_http_
   h->ops = *ops;
   h->default_queue_limit = cfg->default_queue_limit;
   h->max_payload = cfg->max_payload;
+  if (cfg->jwt_issuer && cfg->jwt_public_key_pem) {
+    h->jwt.issuer = strdup(cfg->jwt_issuer);
+    h->jwt.audience = strdup(cfg->jwt_audience ? cfg->jwt_audience : "warden");
+    h->jwt.public_key_pem = strdup(cfg->jwt_public_key_pem);
+    h->jwt.public_key_len = strlen(cfg->jwt_public_key_pem);
+    if (!h->jwt.issuer || !h->jwt.audience || !h->jwt.public_key_pem) {
+      http_free(h);
+      return WD_ERR_NOMEM;
+    }
+  }
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "gateway/base/bridge.h"
+#include "http/auth.h"
 #include "store/store.h"
 
 typedef struct wd_http wd_http_t;
@@ -36,6 +37,9 @@ typedef struct {
   const char *tls_key;
   uint32_t default_queue_limit;
   uint32_t max_payload;  /* the largest command or notification body, in bytes */
+  const char *jwt_issuer;   /* JWTs are accepted when issuer and key are set */
+  const char *jwt_audience;
+  const char *jwt_public_key_pem; /* PEM text, copied */
 } wd_http_config_t;
 
 /* Starts the REST server on its own polling thread. cfg and ops are copied;
