@@ -216,6 +216,7 @@ static int serve(const char *config_path) {
     wd_http_ops_t ops = {.ctx = amqp, .authenticate = http_authenticate, .revoke_device = http_revoke,
                          .is_service = http_is_service,
                          .send = http_send,
+                         .telemetry_decode = wd_amqp_telemetry_decode,
                          .device_connected = http_connected};
     if ((rc = wd_http_start(&hcfg, store, &ops, &http)) < 0) {
       fprintf(stderr, "warden: cannot start REST on %s: %s\n", cfg->http_listen, wd_err_str(rc));

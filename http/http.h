@@ -25,6 +25,8 @@ typedef struct {
   void (*revoke_device)(void *ctx, const char *device_id, const char *reason);
   /* Queues a command or notification (wd_amqp_send's contract). Thread-safe. */
   int (*send)(void *ctx, const wd_send_t *req, wd_send_fn done, void *arg);
+  /* Decodes a telemetry record (wd_amqp_telemetry_decode's contract). Thread-safe. */
+  int (*telemetry_decode)(const void *record, size_t len, wd_telemetry_t *out);
   /* True if `name` is a configured service (device ids may not take it). Thread-safe. */
   bool (*is_service)(void *ctx, const char *name);
   /* True while the device has a live, authenticated connection. Thread-safe. */

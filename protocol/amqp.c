@@ -173,6 +173,7 @@ void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
 
 void wd_amqp_free(wd_amqp_t *a) {
   if (!a) return;
+  if (a->store) wd_store_remove_append_listener(a->store, wd_amqp__log_appended, a);
   if (a->proactor) pn_proactor_free(a->proactor);
   if (a->ssl_domain) pn_ssl_domain_free(a->ssl_domain);
   if (a->by_id) wd_amqp__conns_fini(a);

@@ -333,3 +333,44 @@ void wd_amqp__log_appended(void *arg, wd_store_log_t *log) {
   (void)log;
   wd_amqp__post_consumers(arg);
 }
+
+int wd_amqp_telemetry_decode(const void *record, size_t len, wd_telemetry_t *out) {
+  memset(out, 0, sizeof *out);
+  pn_message_t *m = pn_message();
+  if (!m) return WD_ERR_NOMEM;
+  if (pn_message_decode(m, record, len) != 0) {
+    pn_message_free(m);
+    return WD_ERR_INVALID;
+  }
+  pn_data_t *ann = pn_message_annotations(m);
+  pn_data_rewind(ann);
+  if (pn_data_next(ann) && pn_data_type(ann) == PN_MAP) {
+    size_t n = pn_data_get_map(ann);
+    pn_data_enter(ann);
+    for (size_t i = 0; i + 1 < n; i += 2) {
+      if (!pn_data_next(ann)) break;
+      pn_bytes_t key = pn_data_type(ann) == PN_SYMBOL ? pn_data_get_symbol(ann) : pn_bytes(0, NULL);
+      if (!pn_data_next(ann)) break;
+      if (key.size == 15 && memcmp(key.start, "x-opt-device-id", 15) == 0 && pn_data_type(ann) == PN_STRING) {
+        pn_bytes_t v = pn_data_get_string(ann);
+        if (v.size < sizeof out->device_id) {
+          memcpy(out->device_id, v.start, v.size);
+          out->device_id[v.size] = '\0';
+        }
+      } else if (key.size == 19 && memcmp(key.start, "x-opt-enqueued-time", 19) == 0 &&
+                 pn_data_type(ann) == PN_TIMESTAMP) {
+        out->enqueued_ms = pn_data_get_timestamp(ann);
+      } else if (key.size == 21 && memcmp(key.start, "x-opt-sequence-number", 21) == 0 &&
+                 pn_data_type(ann) == PN_ULONG) {
+        out->seq = pn_data_get_ulong(ann);
+      }
+    }
+    pn_data_exit(ann);
+  }
+  const char *type = pn_message_get_content_type(m);
+  snprintf(out->content_type, sizeof out->content_type, "%s", type ? type : "");
+  out->owned = response_body(m, &out->len);
+  out->body = out->owned;
+  pn_message_free(m);
+  return out->owned ? WD_OK : WD_ERR_NOMEM;
+}

@@ -56,11 +56,12 @@ struct wd_store {
   wd_store_codec_t codec;
   uint32_t max_delivery_count;
 
+  pthread_mutex_t listeners_lock; /* held while listeners run */
   struct {
     wd_store_append_fn fn;
     void *arg;
   } listeners[4];
-  _Atomic int n_listeners;
+  int n_listeners;
 
   _Atomic uint64_t commits, commit_failures_full;
 };

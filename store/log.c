@@ -275,12 +275,13 @@ void wd_store__logs_rollback(wd_store_t *s) {
 }
 
 static void publish(wd_store_t *s) {
-  int n = atomic_load(&s->n_listeners);
+  pthread_mutex_lock(&s->listeners_lock);
   for (size_t i = 0; i < s->n_touched; i++) {
     wd_store_log_t *log = s->touched[i].log;
     atomic_store(&log->committed_next_seq, log->next_seq);
-    for (int l = 0; l < n; l++) s->listeners[l].fn(s->listeners[l].arg, log);
+    for (int l = 0; l < s->n_listeners; l++) s->listeners[l].fn(s->listeners[l].arg, log);
   }
+  pthread_mutex_unlock(&s->listeners_lock);
   s->n_touched = 0;
 }
 

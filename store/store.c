@@ -248,6 +248,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->wake, NULL);
   pthread_mutex_init(&s->logs_lock, NULL);
+  pthread_mutex_init(&s->listeners_lock, NULL);
   s->max_delivery_count = 10;
   s->next_expiry_ms = INT64_MAX;
 
@@ -324,6 +325,7 @@ void wd_store_close(wd_store_t *s) {
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->wake);
   pthread_mutex_destroy(&s->logs_lock);
+  pthread_mutex_destroy(&s->listeners_lock);
   free(s);
 }
 
@@ -339,10 +341,25 @@ void wd_store_stats(wd_store_t *s, wd_store_stats_t *out) {
 }
 
 int wd_store_add_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg) {
-  int n = atomic_load(&s->n_listeners);
-  if (n == 4) return WD_ERR_LIMIT;
-  s->listeners[n].fn = fn;
-  s->listeners[n].arg = arg;
-  atomic_store(&s->n_listeners, n + 1);
-  return WD_OK;
+  pthread_mutex_lock(&s->listeners_lock);
+  int rc = WD_ERR_LIMIT;
+  if (s->n_listeners < 4) {
+    s->listeners[s->n_listeners].fn = fn;
+    s->listeners[s->n_listeners].arg = arg;
+    s->n_listeners++;
+    rc = WD_OK;
+  }
+  pthread_mutex_unlock(&s->listeners_lock);
+  return rc;
+}
+
+void wd_store_remove_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg) {
+  pthread_mutex_lock(&s->listeners_lock);
+  for (int i = 0; i < s->n_listeners; i++) {
+    if (s->listeners[i].fn == fn && s->listeners[i].arg == arg) {
+      s->listeners[i] = s->listeners[--s->n_listeners];
+      break;
+    }
+  }
+  pthread_mutex_unlock(&s->listeners_lock);
 }

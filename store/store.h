@@ -118,10 +118,12 @@ typedef struct {
 int wd_store_log_open(wd_store_t *s, const char *name, wd_store_log_t **out);
 const char *wd_store_log_name(const wd_store_log_t *log);
 
-/* Called on the writer thread after each commit that appended to `log`. Up
- * to four listeners; added before traffic starts, never removed. Not thread-safe. */
+/* Called on the writer thread after each commit that appended to `log`; must
+ * be quick and must not add or remove listeners. Up to four. Thread-safe; once
+ * remove returns, fn is not running and will not run again. */
 typedef void (*wd_store_append_fn)(void *arg, wd_store_log_t *log);
 int wd_store_add_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg);
+void wd_store_remove_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg);
 
 /* Reads committed records from seq `from` on, whoever has read them: up to
  * max, in order. Returns the count or < 0; free each record's data. Thread-safe. */
