@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Runs warden's telemetry benchmark against a throw-away warden on 127.0.0.1.
+# Runs warden's telemetry and command benchmarks against a throw-away warden on 127.0.0.1.
 #
 #   bench/run.sh                      # uses build/release/warden and build/release/bench/warden-bench
 #   WARDEN_BIN=... BENCH_BIN=... bench/run.sh
 #
 # Builds nothing. Starts warden on a temp data dir (ports picked by the OS), creates 100 devices over REST,
-# runs ingest with 1, 10 and 100 connections, then drains everything ingested, and prints a table.
+# runs ingest with 1, 10 and 100 connections, then drains everything ingested, then the commands scenario
+# (1 service + CMD_DEVICES devices: unpaced enqueue rate, then latency at a paced CMD_RATE), and prints a table.
 # Tunables (env): MSGS_1, MSGS_10, MSGS_100 (messages per ingest run), SIZE (payload bytes, 256),
 # WINDOW_1, WINDOW_10, WINDOW_100 (per-connection windows), DRAIN_WINDOW (500), TIMEOUT (s per run, 120),
-# BENCH_THREADS (proactor threads in warden-bench, 1), KEEP=1 (keep the temp dir and warden's log).
+# BENCH_THREADS (proactor threads in warden-bench, 1), KEEP=1 (keep the temp dir and warden's log),
+# SCENARIOS ("ingest commands"; "ingest" includes the drain), CMD_DEVICES (10), CMD_MSGS (100000),
+# CMD_WINDOW (500, unsettled commands at the service), CMD_RATE (1000 commands/s), CMD_DURATION (10 s),
+# CMD_SIZE (SIZE), CMD_QUEUE_LIMIT (100000; the command devices' queueLimit, set over REST first).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +30,18 @@ WINDOW_100=${WINDOW_100:-20}
 DRAIN_WINDOW=${DRAIN_WINDOW:-500}
 TIMEOUT=${TIMEOUT:-120}
 BENCH_THREADS=${BENCH_THREADS:-1}
+SCENARIOS=${SCENARIOS:-ingest commands}
+CMD_DEVICES=${CMD_DEVICES:-10}
+CMD_MSGS=${CMD_MSGS:-100000}
+CMD_WINDOW=${CMD_WINDOW:-500}
+CMD_RATE=${CMD_RATE:-1000}
+CMD_DURATION=${CMD_DURATION:-10}
+CMD_SIZE=${CMD_SIZE:-$SIZE}
+CMD_QUEUE_LIMIT=${CMD_QUEUE_LIMIT:-100000}
 N_DEVICES=100
+if (( CMD_DEVICES < 1 || CMD_DEVICES > N_DEVICES )); then
+  echo "run.sh: CMD_DEVICES must be 1..$N_DEVICES" >&2; exit 2
+fi
 
 for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
   [[ -x $bin ]] || { echo "run.sh: $bin is missing; build first: cmake --preset release && cmake --build build/release" >&2; exit 2; }
@@ -131,19 +146,44 @@ run_bench() {   # label, then warden-bench arguments
   fi
 }
 
-run_bench "ingest x1"   ingest --devices "$devices" --connections 1   --window "$WINDOW_1"   --size "$SIZE" --messages "$MSGS_1"
-run_bench "ingest x10"  ingest --devices "$devices" --connections 10  --window "$WINDOW_10"  --size "$SIZE" --messages "$MSGS_10"
-run_bench "ingest x100" ingest --devices "$devices" --connections 100 --window "$WINDOW_100" --size "$SIZE" --messages "$MSGS_100"
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
-ingested=$("$PYTHON" -c '
+if wants ingest; then
+  run_bench "ingest x1"   ingest --devices "$devices" --connections 1   --window "$WINDOW_1"   --size "$SIZE" --messages "$MSGS_1"
+  run_bench "ingest x10"  ingest --devices "$devices" --connections 10  --window "$WINDOW_10"  --size "$SIZE" --messages "$MSGS_10"
+  run_bench "ingest x100" ingest --devices "$devices" --connections 100 --window "$WINDOW_100" --size "$SIZE" --messages "$MSGS_100"
+
+  ingested=$("$PYTHON" -c '
 import json, sys
 print(sum(json.loads(l)["completed"] for l in open(sys.argv[1]) if l.strip() and json.loads(l)["scenario"] == "ingest"))
 ' "$results")
-if (( ingested > 0 )); then
-  run_bench "drain" drain --user admin --password-file "$tmp/admin.password" --group "bench-$$" \
-            --window "$DRAIN_WINDOW" --messages "$ingested"
-else
-  echo "run.sh: nothing was ingested; skipping drain" >&2; failed=1
+  if (( ingested > 0 )); then
+    run_bench "drain" drain --user admin --password-file "$tmp/admin.password" --group "bench-$$" \
+              --window "$DRAIN_WINDOW" --messages "$ingested"
+  else
+    echo "run.sh: nothing was ingested; skipping drain" >&2; failed=1
+  fi
+fi
+
+if wants commands; then
+  # The default queue limit (50 per device) would reject much of an unpaced run: raise it for the devices used.
+  for i in $(seq 1 "$CMD_DEVICES"); do
+    id="bench-$i"
+    code=$(curl -sS --max-time 10 -o "$tmp/put.json" -w '%{http_code}' -X PUT \
+                -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+                --data "{\"queueLimit\": $CMD_QUEUE_LIMIT}" "http://127.0.0.1:$http_port/v1/devices/$id") || code="curl-failed"
+    if [[ $code != 200 ]]; then
+      echo "run.sh: PUT /v1/devices/$id (queueLimit) gave $code: $(cat "$tmp/put.json" 2>/dev/null)" >&2; exit 1
+    fi
+  done
+  rm -f "$tmp/put.json"
+  echo "run.sh: queueLimit $CMD_QUEUE_LIMIT on bench-1 ... bench-$CMD_DEVICES" >&2
+  cmd_args=(--devices "$devices" --connections "$CMD_DEVICES" --user admin --password-file "$tmp/admin.password"
+            --size "$CMD_SIZE")
+  run_bench "commands rate" commands "${cmd_args[@]}" --window "$CMD_WINDOW" --messages "$CMD_MSGS"
+  # Paced: the window only has to cover rate x latency; the default leaves ample room.
+  run_bench "commands ${CMD_RATE}/s" commands "${cmd_args[@]}" --window "$CMD_WINDOW" --rate "$CMD_RATE" \
+            --duration "$CMD_DURATION"
 fi
 
 # ---- table
@@ -161,6 +201,25 @@ for r in rows:
         f(r["seconds"], ".2f"), f(r["rate"], ".0f"), f(r["p50_ms"], ".2f"), f(r["p99_ms"], ".2f"),
         f(r["p999_ms"], ".2f"), f(r["max_gap_ms"], ".1f"), r["errors"],
         "  TIMED OUT" if r["timed_out"] else ""))
+cmds = [r for r in rows if r["scenario"] == "commands"]
+if cmds:
+    print()
+    print("commands: 1 service connection -> N device connections; 'accepted/s' = enqueue rate (settled accepted),")
+    print("'device' latencies = send -> receipt by the device; 'accept' = send -> accepted at the service")
+    hdr = ("mode", "devices", "window", "done", "accepted/s", "received/s", "accept p50", "accept p99",
+           "device p50", "device p99", "device p99.9", "max lag ms", "errors")
+    print("%-12s %7s %6s %7s %10s %10s %10s %10s %10s %10s %12s %10s %6s" % hdr)
+    for r in cmds:
+        mode = "unpaced" if r["target_rate"] is None else "%.0f/s x %ds" % (r["target_rate"], r["duration"])
+        print("%-12s %7d %6d %7d %10s %10s %10s %10s %10s %10s %12s %10s %6d%s" % (
+            mode, r["connections"], r["window"], r["completed"], f(r["rate"], ".0f"), f(r["delivered_rate"], ".0f"),
+            f(r["accept_p50_ms"], ".2f"), f(r["accept_p99_ms"], ".2f"), f(r["p50_ms"], ".2f"), f(r["p99_ms"], ".2f"),
+            f(r["p999_ms"], ".2f"), f(r["max_send_lag_ms"], ".1f"), r["errors"],
+            "  TIMED OUT" if r["timed_out"] else ""))
+        bad = {k: r[k] for k in ("rejected", "missing", "duplicates", "out_of_order", "misrouted", "malformed")
+               if r.get(k)}
+        if bad:
+            print("             errors: " + ", ".join("%s %d" % kv for kv in bad.items()))
 EOF
 
 warnings=$(grep -c -E 'WARN|ERROR|error|warning' "$tmp/warden.log" || true)

@@ -3,6 +3,8 @@
  *   warden-bench ingest --port P --devices FILE [--connections N] [--window W] [--size S] [--messages M]
  *   warden-bench drain  --port P --user NAME (--password PW | --password-file F) [--group G] [--window W]
  *                       [--messages M]
+ *   warden-bench commands --port P --devices FILE --user NAME (--password PW | --password-file F)
+ *                       [--connections N] [--window W] [--messages M | --rate R --duration D]
  *
  * ingest: N device connections (SASL PLAIN, username = device id, password = a SAS token built from the
  * device's key), each with a sender on `telemetry` keeping up to W unsettled messages in flight. M messages
@@ -12,6 +14,15 @@
  *
  * drain: one service connection with a receiver on `telemetry/<group>`, credit window W, accepting each
  * message, until M messages are read. Reports msgs/s from the link's attach to the M-th message.
+ *
+ * commands: one service connection (SASL PLAIN, name/secret) with a sender per device on
+ * `devices/<id>/commands` (or, with --anonymous, one sender on the anonymous relay setting `to`), and N device
+ * connections (SAS tokens as in ingest), each with a receiver on `commands` accepting every message. Commands
+ * are spread round-robin over the devices, at most W unsettled at the service; unpaced (as fast as credit and
+ * window allow) or, with --rate, paced at R commands/s for D seconds. Each command carries its send time
+ * (application property `bench-sent-ns`, this process's monotonic clock). Reports the enqueue rate (commands
+ * settled `accepted` per second) and the enqueue->device-receipt latency percentiles, and checks that every
+ * accepted command reaches its device exactly once and in order.
  *
  * Output: one JSON object on stdout, one human line on stderr. Exit 0 only if everything completed without
  * error before --timeout; 1 otherwise; 2 on bad usage. */
@@ -50,7 +61,7 @@
 #define TICK_MS 250
 #define GRACE_MS 5000 /* after --timeout: time allowed for connections to close */
 
-typedef enum { SC_INGEST, SC_DRAIN } scenario_t;
+typedef enum { SC_INGEST, SC_DRAIN, SC_COMMANDS } scenario_t;
 
 /* ------------------------------------------------------------------ options */
 
@@ -61,6 +72,11 @@ static struct {
   const char *user, *password, *password_file, *group;
   long connections, window, size, messages, timeout_s, threads, progress_s, trace_gaps_ms;
   bool verify;
+  /* commands */
+  double rate;       /* commands/s; 0 = unpaced */
+  long duration_s;   /* paced: seconds of sending */
+  long device_credit;
+  bool anonymous, feedback, messages_given;
 } opt = {
     .host = "127.0.0.1",
     .sas_host = "localhost",
@@ -72,6 +88,8 @@ static struct {
     .messages = 10000,
     .timeout_s = 120,
     .threads = 1,
+    .duration_s = 10,
+    .device_credit = 100,
 };
 
 /* ------------------------------------------------------------------ shared state */
@@ -87,6 +105,14 @@ typedef struct bench_conn {
   uint8_t *msg;       /* ingest: this connection's copy of the encoded message (stamped per send) */
   bool closing;
   bool failed;
+  /* commands */
+  bool is_service;
+  pn_link_t **senders;   /* service: one per device, or one anonymous sender */
+  long n_senders;
+  long links_open;       /* service: senders attached by warden */
+  pn_link_t *fb_link;    /* service: receiver on `feedback` (--feedback) */
+  long rr;               /* service: next device, round-robin */
+  int64_t last_seq;      /* device: last sequence number received (-1 = none) */
 } bench_conn_t;
 
 static pn_proactor_t *proactor;
@@ -255,7 +281,10 @@ static void ingest_settled(bench_conn_t *bc, pn_delivery_t *d) {
     pthread_mutex_lock(&log_lock);
     if (failure_reports++ < 10) {
       pn_condition_t *cond = pn_disposition_condition(pn_delivery_remote(d));
-      fprintf(stderr, "warden-bench: %s: delivery settled %s%s%s%s%s\n", bc->device_id, pn_disposition_type_name(state),
+      const char *who = bc->device_id; /* commands: the service; name the link's target */
+      if (!who) who = pn_terminus_get_address(pn_link_target(pn_delivery_link(d)));
+      if (!who) who = "anonymous relay";
+      fprintf(stderr, "warden-bench: %s: delivery settled %s%s%s%s%s\n", who, pn_disposition_type_name(state),
               pn_condition_is_set(cond) ? " " : "", pn_condition_is_set(cond) ? pn_condition_get_name(cond) : "",
               pn_condition_get_description(cond) ? ": " : "",
               pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
@@ -373,6 +402,361 @@ static void stop_all(void) {
   pn_proactor_disconnect(proactor, NULL);
 }
 
+/* ------------------------------------------------------------------ commands */
+
+/* Every command carries these application properties; devices check them. */
+#define PROP_RUN "bench-run"     /* ulong: this invocation's random id (older runs' leftovers are "stale") */
+#define PROP_SEQ "bench-seq"     /* ulong: 0..M-1, in send order */
+#define PROP_DEV "bench-device"  /* int: index of the device it was sent to */
+#define PROP_SENT "bench-sent-ns" /* long: send time, CLOCK_MONOTONIC ns of this process */
+
+static bench_conn_t *svc; /* commands: the service connection (the last entry of conns) */
+static long n_devices;
+static uint64_t run_id;
+static char run_hex[17];
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER; /* guards bc->pn for cross-connection wakes */
+
+static atomic_long devices_ready;  /* device receivers attached by warden */
+static atomic_int send_go;         /* every link is attached: the service may send */
+static atomic_int all_done;        /* every command settled and every accepted one received */
+static atomic_long cmd_settled;    /* commands settled at the service, any outcome */
+static atomic_long received;       /* this run's commands received by devices (duplicates included) */
+static atomic_long received_unique;
+static atomic_long stale;          /* messages from an earlier run received by a device (accepted, ignored) */
+static atomic_long out_of_order, misrouted, malformed;
+static atomic_long fb_completed, fb_other, fb_stale;
+static atomic_int_least64_t t_last_recv_ns;
+static uint64_t *recv_lat; /* ns from send to device receipt, one per unique received command */
+static atomic_long n_recv_lat;
+static atomic_uchar *seen; /* per sequence number: received yet */
+static long svc_sent;       /* service connection only */
+static int64_t t_pace0;     /* paced: schedule origin */
+static int64_t max_lag_ns;  /* paced: worst delay of a send behind its schedule */
+static pn_message_t *cmd_msg;
+static char *cmd_buf;
+static size_t cmd_cap;
+static uint8_t *cmd_payload;
+
+static void wake(bench_conn_t *bc) {
+  pthread_mutex_lock(&conn_lock);
+  if (bc->pn) pn_connection_wake(bc->pn);
+  pthread_mutex_unlock(&conn_lock);
+}
+
+static void check_done(void) {
+  long settled = atomic_load(&cmd_settled), acc = atomic_load(&completed), rec = atomic_load(&received_unique);
+  if (settled < opt.messages || rec < acc) return;
+  if (opt.feedback && atomic_load(&fb_completed) + atomic_load(&fb_other) < rec) return;
+  if (atomic_exchange(&all_done, 1)) return;
+  for (long i = 0; i < n_conns; i++) wake(&conns[i]);
+}
+
+static void maybe_go(void) {
+  if (atomic_load(&devices_ready) < n_devices || !svc || svc->links_open < svc->n_senders) return;
+  if (!atomic_exchange(&send_go, 1)) wake(svc);
+}
+
+static int put_prop(pn_data_t *p, const char *key) { return pn_data_put_string(p, pn_bytes(strlen(key), key)); }
+
+/* Encodes command `seq` for device `dev`, stamped with send time t, into cmd_buf; returns its length or 0. */
+static size_t encode_command(long seq, long dev, int64_t t) {
+  pn_message_t *m = cmd_msg;
+  pn_message_clear(m);
+  pn_message_set_durable(m, true);
+  char id[64];
+  int idn = snprintf(id, sizeof id, "%s-%ld", run_hex, seq);
+  pn_msgid_t mid = {.type = PN_STRING};
+  mid.u.as_bytes = pn_bytes((size_t)idn, id);
+  pn_message_set_id(m, mid);
+  if (opt.anonymous) {
+    char to[300];
+    snprintf(to, sizeof to, "devices/%s/commands", conns[dev].device_id);
+    pn_message_set_address(m, to);
+  }
+  pn_message_set_content_type(m, "application/octet-stream");
+  pn_data_t *p = pn_message_properties(m);
+  pn_data_put_map(p);
+  pn_data_enter(p);
+  put_prop(p, PROP_RUN);
+  pn_data_put_ulong(p, run_id);
+  put_prop(p, PROP_SEQ);
+  pn_data_put_ulong(p, (uint64_t)seq);
+  put_prop(p, PROP_DEV);
+  pn_data_put_int(p, (int32_t)dev);
+  put_prop(p, PROP_SENT);
+  pn_data_put_long(p, t);
+  pn_data_exit(p);
+  pn_message_set_inferred(m, true);
+  pn_data_put_binary(pn_message_body(m), pn_bytes((size_t)opt.size, (const char *)cmd_payload));
+  for (;;) {
+    size_t len = cmd_cap;
+    int rc = cmd_buf ? pn_message_encode(m, cmd_buf, &len) : PN_OVERFLOW;
+    if (rc == 0) return len;
+    if (rc != PN_OVERFLOW) return 0;
+    size_t cap = cmd_cap ? cmd_cap * 2 : (size_t)opt.size + 512;
+    char *nb = realloc(cmd_buf, cap);
+    if (!nb) return 0;
+    cmd_buf = nb;
+    cmd_cap = cap;
+  }
+}
+
+/* The service connection: sends what is due (all of M unpaced; by the schedule paced), within the window. */
+static void svc_pump(bench_conn_t *bc) {
+  if (bc->closing || !atomic_load(&send_go) || atomic_load(&stopping) || svc_sent >= opt.messages) return;
+  int64_t now = now_ns();
+  long due = opt.messages;
+  if (opt.rate > 0) {
+    if (!t_pace0) t_pace0 = now;
+    long sched = (long)((double)(now - t_pace0) * opt.rate / 1e9) + 1;
+    if (sched < due) due = sched;
+  }
+  while (svc_sent < due && bc->inflight < opt.window) {
+    pn_link_t *l = NULL;
+    long dev = bc->rr;
+    if (opt.anonymous) {
+      if (pn_link_credit(bc->senders[0]) > 0) l = bc->senders[0];
+    } else {
+      for (long k = 0; k < n_devices && !l; k++) {
+        long cand = (bc->rr + k) % n_devices;
+        if (pn_link_credit(bc->senders[cand]) > 0) {
+          l = bc->senders[cand];
+          dev = cand;
+        }
+      }
+    }
+    if (!l) break; /* no credit anywhere: PN_LINK_FLOW resumes */
+    long seq = svc_sent;
+    int64_t t = now_ns();
+    size_t len = encode_command(seq, dev, t);
+    if (!len) {
+      fprintf(stderr, "warden-bench: cannot encode a command\n");
+      atomic_fetch_add(&errors, 1);
+      stop_all();
+      return;
+    }
+    if (opt.rate > 0) {
+      int64_t lag = t - (t_pace0 + (int64_t)((double)seq * 1e9 / opt.rate));
+      if (lag > max_lag_ns) max_lag_ns = lag;
+    }
+    uint8_t tag[8];
+    for (int b = 0; b < 8; b++) tag[b] = (uint8_t)((uint64_t)seq >> (56 - 8 * b));
+    pn_delivery_t *d = pn_delivery(l, pn_dtag((const char *)tag, sizeof tag));
+    mark_start(t);
+    pn_delivery_set_context(d, (void *)(uintptr_t)t);
+    pn_link_send(l, cmd_buf, len);
+    pn_link_advance(l);
+    bc->inflight++;
+    svc_sent++;
+    atomic_fetch_add(&sent, 1);
+    bc->rr = (dev + 1) % n_devices;
+  }
+}
+
+static void svc_settled(bench_conn_t *bc, pn_delivery_t *d) {
+  ingest_settled(bc, d); /* accepted: completed + latency; else error, logged */
+  atomic_fetch_add(&cmd_settled, 1);
+  svc_pump(bc);
+  check_done();
+}
+
+static void top_up(pn_link_t *l, long window) {
+  int credit = pn_link_credit(l);
+  if (credit <= window / 2) pn_link_flow(l, (int)(window - credit));
+}
+
+/* The bench-* application properties of a received command. */
+typedef struct {
+  bool have_run, have_seq, have_dev, have_sent;
+  uint64_t run, seq;
+  int64_t dev, sent;
+} cmd_props_t;
+
+static bool get_u64(pn_data_t *d, uint64_t *out) {
+  switch (pn_data_type(d)) {
+    case PN_ULONG: *out = pn_data_get_ulong(d); return true;
+    case PN_LONG: *out = (uint64_t)pn_data_get_long(d); return true;
+    case PN_UINT: *out = pn_data_get_uint(d); return true;
+    case PN_INT: *out = (uint64_t)(int64_t)pn_data_get_int(d); return true;
+    default: return false;
+  }
+}
+
+static cmd_props_t read_props(pn_message_t *m) {
+  cmd_props_t r = {0};
+  pn_data_t *p = pn_message_properties(m);
+  pn_data_rewind(p);
+  if (!pn_data_next(p) || pn_data_type(p) != PN_MAP) return r;
+  size_t n = pn_data_get_map(p);
+  pn_data_enter(p);
+  for (size_t i = 0; i + 1 < n; i += 2) {
+    if (!pn_data_next(p)) break;
+    pn_bytes_t k = pn_data_type(p) == PN_STRING ? pn_data_get_string(p) : pn_bytes(0, NULL);
+    if (!pn_data_next(p)) break;
+    uint64_t v;
+#define KEY_IS(s) (k.size == sizeof(s) - 1 && memcmp(k.start, s, k.size) == 0)
+    if (KEY_IS(PROP_RUN) && get_u64(p, &v)) r.have_run = true, r.run = v;
+    else if (KEY_IS(PROP_SEQ) && get_u64(p, &v)) r.have_seq = true, r.seq = v;
+    else if (KEY_IS(PROP_DEV) && get_u64(p, &v)) r.have_dev = true, r.dev = (int64_t)v;
+    else if (KEY_IS(PROP_SENT) && get_u64(p, &v)) r.have_sent = true, r.sent = (int64_t)v;
+#undef KEY_IS
+  }
+  pn_data_exit(p);
+  return r;
+}
+
+/* Receives one whole delivery into a thread-local buffer and decodes it; NULL (delivery settled) if aborted
+ * or undecodable, NULL (untouched) if not complete yet. */
+static pn_message_t *recv_message(pn_link_t *l, pn_delivery_t *d, bool *bad) {
+  static _Thread_local char *buf;
+  static _Thread_local size_t cap;
+  static _Thread_local pn_message_t *m;
+  *bad = false;
+  if (pn_delivery_aborted(d)) {
+    pn_delivery_settle(d);
+    *bad = true;
+    return NULL;
+  }
+  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return NULL;
+  size_t pending = pn_delivery_pending(d);
+  if (pending > cap) {
+    char *nb = realloc(buf, pending);
+    if (!nb) pending = 0;
+    else buf = nb, cap = pending;
+  }
+  ssize_t n = pn_link_recv(l, buf, pending);
+  pn_link_advance(l);
+  if (!m) m = pn_message();
+  if (n < 0 || !m || (pn_message_clear(m), pn_message_decode(m, buf, (size_t)n)) != 0) {
+    pn_delivery_update(d, PN_ACCEPTED);
+    pn_delivery_settle(d);
+    *bad = true;
+    return NULL;
+  }
+  return m;
+}
+
+/* A device received a command: accept it, check it is ours, for this device, new and in order; record latency. */
+static void device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
+  bool bad;
+  pn_message_t *m = recv_message(l, d, &bad);
+  if (!m) {
+    if (bad) atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  int64_t t = now_ns();
+  cmd_props_t p = read_props(m);
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  top_up(l, opt.device_credit);
+  if (!p.have_run || p.run != run_id) {
+    atomic_fetch_add(&stale, 1);
+    return;
+  }
+  if (!p.have_seq || !p.have_sent || !p.have_dev || p.seq >= (uint64_t)opt.messages) {
+    atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  atomic_fetch_add(&received, 1);
+  if (p.dev != bc->index) atomic_fetch_add(&misrouted, 1);
+  if (atomic_exchange(&seen[p.seq], 1)) {
+    atomic_fetch_add(&duplicates, 1);
+  } else {
+    if ((int64_t)p.seq < bc->last_seq) atomic_fetch_add(&out_of_order, 1);
+    else bc->last_seq = (int64_t)p.seq;
+    long i = atomic_fetch_add(&n_recv_lat, 1);
+    if (i < opt.messages) recv_lat[i] = (uint64_t)(t > p.sent ? t - p.sent : 0);
+    atomic_max64(&t_last_recv_ns, t);
+    atomic_fetch_add(&received_unique, 1);
+  }
+  check_done();
+}
+
+/* --feedback: the service's receiver on `feedback`; counts this run's outcomes by status. */
+static void feedback_delivery(pn_link_t *l, pn_delivery_t *d) {
+  bool bad;
+  pn_message_t *m = recv_message(l, d, &bad);
+  if (!m) {
+    if (bad) atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  pn_msgid_t cid = pn_message_get_correlation_id(m);
+  bool ours = (cid.type == PN_STRING || cid.type == PN_SYMBOL) && cid.u.as_bytes.size > 17 &&
+              memcmp(cid.u.as_bytes.start, run_hex, 16) == 0 && cid.u.as_bytes.start[16] == '-';
+  bool completed_status = false;
+  if (ours) {
+    pn_data_t *p = pn_message_properties(m);
+    pn_data_rewind(p);
+    if (pn_data_next(p) && pn_data_type(p) == PN_MAP) {
+      size_t n = pn_data_get_map(p);
+      pn_data_enter(p);
+      for (size_t i = 0; i + 1 < n; i += 2) {
+        if (!pn_data_next(p)) break;
+        pn_bytes_t k = pn_data_type(p) == PN_STRING ? pn_data_get_string(p) : pn_bytes(0, NULL);
+        if (!pn_data_next(p)) break;
+        if (k.size == 6 && memcmp(k.start, "status", 6) == 0 && pn_data_type(p) == PN_STRING) {
+          pn_bytes_t v = pn_data_get_string(p);
+          completed_status = v.size == 9 && memcmp(v.start, "completed", 9) == 0;
+          if (!completed_status) {
+            pthread_mutex_lock(&log_lock);
+            if (failure_reports++ < 10)
+              fprintf(stderr, "warden-bench: feedback %.*s for %.*s\n", (int)v.size, v.start,
+                      (int)cid.u.as_bytes.size, cid.u.as_bytes.start);
+            pthread_mutex_unlock(&log_lock);
+          }
+        }
+      }
+      pn_data_exit(p);
+    }
+  }
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  top_up(l, opt.device_credit);
+  if (!ours)
+    atomic_fetch_add(&fb_stale, 1);
+  else
+    atomic_fetch_add(completed_status ? &fb_completed : &fb_other, 1);
+  check_done();
+}
+
+static void commands_open(bench_conn_t *bc, pn_session_t *s) {
+  if (!bc->is_service) {
+    pn_link_t *l = pn_receiver(s, "bench-commands");
+    pn_terminus_set_address(pn_link_source(l), "commands");
+    pn_terminus_set_address(pn_link_target(l), "bench-commands");
+    pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+    pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+    pn_link_open(l);
+    pn_link_flow(l, (int)opt.device_credit);
+    bc->link = l;
+    return;
+  }
+  for (long i = 0; i < bc->n_senders; i++) {
+    char name[300], addr[300];
+    snprintf(name, sizeof name, "bench-cmd-%ld", i);
+    pn_link_t *l = pn_sender(s, name);
+    if (!opt.anonymous) {
+      snprintf(addr, sizeof addr, "devices/%s/commands", conns[i].device_id);
+      pn_terminus_set_address(pn_link_target(l), addr);
+    } /* anonymous relay: a target without an address */
+    pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+    pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+    pn_link_open(l);
+    bc->senders[i] = l;
+  }
+  if (opt.feedback) {
+    pn_link_t *l = pn_receiver(s, "bench-feedback");
+    pn_terminus_set_address(pn_link_source(l), "feedback");
+    pn_terminus_set_address(pn_link_target(l), "bench-feedback");
+    pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+    pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+    pn_link_open(l);
+    pn_link_flow(l, (int)opt.device_credit);
+    bc->fb_link = l;
+  }
+}
+
+
 static atomic_int finished;
 
 static void finish(void) {
@@ -387,8 +771,13 @@ static void on_tick(void) {
   static double last_progress;
   if (opt.progress_s > 0 && elapsed - last_progress >= (double)opt.progress_s) {
     last_progress = elapsed;
-    fprintf(stderr, "warden-bench: %.1fs: %ld completed, %ld errors, %ld connections live\n", elapsed,
-            atomic_load(&completed), atomic_load(&errors), atomic_load(&live_conns));
+    if (opt.scenario == SC_COMMANDS)
+      fprintf(stderr, "warden-bench: %.1fs: %ld sent, %ld accepted, %ld received, %ld errors, %ld connections live\n",
+              elapsed, atomic_load(&sent), atomic_load(&completed), atomic_load(&received), atomic_load(&errors),
+              atomic_load(&live_conns));
+    else
+      fprintf(stderr, "warden-bench: %.1fs: %ld completed, %ld errors, %ld connections live\n", elapsed,
+              atomic_load(&completed), atomic_load(&errors), atomic_load(&live_conns));
   }
   if (atomic_load(&timed_out)) {
     /* Grace period over: connections did not close. Give up on them. */
@@ -403,14 +792,21 @@ static void on_tick(void) {
             atomic_load(&completed), opt.messages);
     stop_all();
   }
-  pn_proactor_set_timeout(proactor, TICK_MS);
+  /* Paced commands: wake the service connection every millisecond to send what the schedule says is due. */
+  bool pacing = opt.scenario == SC_COMMANDS && opt.rate > 0 && atomic_load(&send_go) && !atomic_load(&all_done) &&
+                !atomic_load(&stopping) && atomic_load(&sent) < opt.messages;
+  if (pacing) wake(svc);
+  pn_proactor_set_timeout(proactor, pacing || (opt.scenario == SC_COMMANDS && opt.rate > 0 && !atomic_load(&send_go))
+                                        ? 1 : TICK_MS);
 }
 
 static void on_open(bench_conn_t *bc) {
   pn_connection_t *c = bc->pn;
   pn_session_t *s = pn_session(c);
   pn_session_open(s);
-  if (opt.scenario == SC_INGEST) {
+  if (opt.scenario == SC_COMMANDS) {
+    commands_open(bc, s);
+  } else if (opt.scenario == SC_INGEST) {
     pn_link_t *l = pn_sender(s, "bench-telemetry");
     pn_terminus_set_address(pn_link_target(l), opt.address);
     pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
@@ -445,18 +841,48 @@ static bool handle(pn_event_t *e) {
     case PN_LINK_REMOTE_OPEN: {
       pn_link_t *l = pn_event_link(e);
       if (opt.scenario == SC_DRAIN && pn_link_is_receiver(l)) mark_start(now_ns());
+      if (opt.scenario == SC_COMMANDS && bc && !bc->closing) {
+        if (!bc->is_service && l == bc->link) {
+          atomic_fetch_add(&devices_ready, 1);
+          maybe_go();
+        } else if (bc->is_service && pn_link_is_sender(l)) {
+          bc->links_open++;
+          maybe_go();
+        }
+      }
       break;
     }
 
+    case PN_CONNECTION_WAKE:
+      if (bc && opt.scenario == SC_COMMANDS) {
+        if (atomic_load(&all_done))
+          close_conn(bc);
+        else if (bc->is_service)
+          svc_pump(bc);
+      }
+      break;
+
     case PN_LINK_FLOW:
       if (bc && opt.scenario == SC_INGEST && pn_link_is_sender(pn_event_link(e))) ingest_pump(bc);
+      if (bc && opt.scenario == SC_COMMANDS && bc->is_service && pn_link_is_sender(pn_event_link(e))) svc_pump(bc);
       break;
 
     case PN_DELIVERY: {
       pn_delivery_t *d = pn_event_delivery(e);
       pn_link_t *l = pn_event_link(e);
       if (!bc) break;
-      if (pn_link_is_sender(l)) {
+      if (opt.scenario == SC_COMMANDS) {
+        if (pn_link_is_sender(l)) {
+          uint64_t st = pn_delivery_remote_state(d);
+          if (pn_delivery_settled(d) || st == PN_ACCEPTED || st == PN_REJECTED || st == PN_RELEASED ||
+              st == PN_MODIFIED)
+            svc_settled(bc, d);
+        } else if (bc->is_service) {
+          feedback_delivery(l, d);
+        } else {
+          device_delivery(bc, l, d);
+        }
+      } else if (pn_link_is_sender(l)) {
         uint64_t st = pn_delivery_remote_state(d);
         if (pn_delivery_settled(d) || st == PN_ACCEPTED || st == PN_REJECTED || st == PN_RELEASED ||
             st == PN_MODIFIED) {
@@ -511,8 +937,12 @@ static bool handle(pn_event_t *e) {
         if (bc->failed || (!bc->closing && !atomic_load(&stopping))) atomic_fetch_add(&conn_failures, 1);
         if (bc->inflight > 0) atomic_fetch_add(&errors, bc->inflight); /* unsettled: outcome unknown */
         bc->inflight = 0;
+        pthread_mutex_lock(&conn_lock);
         bc->pn = NULL;
+        pthread_mutex_unlock(&conn_lock);
         bc->link = NULL;
+        /* commands: every connection is needed to the end; losing one early ends the run */
+        if (opt.scenario == SC_COMMANDS && !atomic_load(&all_done) && !atomic_load(&stopping)) stop_all();
         if (atomic_fetch_sub(&live_conns, 1) == 1) finish();
       }
       break;
@@ -646,13 +1076,21 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: warden-bench ingest --port P --devices FILE [options]\n"
           "       warden-bench drain  --port P --user NAME (--password PW | --password-file F) [options]\n"
+          "       warden-bench commands --port P --devices FILE --user NAME (--password PW | --password-file F)\n"
+          "                           [options]\n"
           "\n"
           "common:  --host H (127.0.0.1)  --port P  --window W (100)  --messages M (10000)\n"
           "         --timeout SECONDS (120)  --threads T (1, proactor threads)  --progress SECONDS (0 = off)\n"
           "ingest:  --devices FILE (lines 'device_id base64key')  --connections N (1)  --size BYTES (256)\n"
           "         --sas-host NAME (localhost, warden's [gateway] hostname)  --address A (telemetry)\n"
           "drain:   --user NAME  --password PW | --password-file F  --group G (bench)\n"
-          "         --verify (decode each message; check annotations, body size with --size, duplicates)\n");
+          "         --verify (decode each message; check annotations, body size with --size, duplicates)\n"
+          "commands: --devices FILE  --connections N (1, device connections)  --user NAME (the service)\n"
+          "         --password PW | --password-file F  --window W (100, unsettled commands at the service)\n"
+          "         --messages M (10000, unpaced)  --rate R (0 = unpaced; commands/s)  --duration D (10, paced:\n"
+          "         M = R x D unless --messages)  --size BYTES (256)  --device-credit C (100)  --anonymous\n"
+          "         (one sender on the anonymous relay, with `to`)  --feedback (also read `feedback`; wait for\n"
+          "         one `completed` per received command)  --sas-host NAME (localhost)\n");
 }
 
 static bool parse_long(const char *s, long min, long max, long *out) {
@@ -670,6 +1108,8 @@ static int parse_args(int argc, char **argv) {
     opt.scenario = SC_INGEST;
   else if (strcmp(argv[1], "drain") == 0)
     opt.scenario = SC_DRAIN;
+  else if (strcmp(argv[1], "commands") == 0)
+    opt.scenario = SC_COMMANDS;
   else
     return -1;
   bool size_given = false;
@@ -689,7 +1129,17 @@ static int parse_args(int argc, char **argv) {
     else if (strcmp(a, "--connections") == 0 && v) ok = parse_long(v, 1, 100000, &opt.connections);
     else if (strcmp(a, "--window") == 0 && v) ok = parse_long(v, 1, 1000000, &opt.window);
     else if (strcmp(a, "--size") == 0 && v) ok = (size_given = parse_long(v, 0, 64L << 20, &opt.size));
-    else if (strcmp(a, "--messages") == 0 && v) ok = parse_long(v, 1, 1000000000L, &opt.messages);
+    else if (strcmp(a, "--messages") == 0 && v) ok = (opt.messages_given = parse_long(v, 1, 1000000000L, &opt.messages));
+    else if (strcmp(a, "--rate") == 0 && v) {
+      char *end;
+      errno = 0;
+      opt.rate = strtod(v, &end);
+      ok = !errno && *v && !*end && opt.rate >= 0 && opt.rate <= 1e7;
+    }
+    else if (strcmp(a, "--duration") == 0 && v) ok = parse_long(v, 1, 86400, &opt.duration_s);
+    else if (strcmp(a, "--device-credit") == 0 && v) ok = parse_long(v, 1, 100000, &opt.device_credit);
+    else if (strcmp(a, "--anonymous") == 0) opt.anonymous = true, takes = false;
+    else if (strcmp(a, "--feedback") == 0) opt.feedback = true, takes = false;
     else if (strcmp(a, "--timeout") == 0 && v) ok = parse_long(v, 1, 86400, &opt.timeout_s);
     else if (strcmp(a, "--threads") == 0 && v) ok = parse_long(v, 1, MAX_THREADS, &opt.threads);
     else if (strcmp(a, "--progress") == 0 && v) ok = parse_long(v, 0, 86400, &opt.progress_s);
@@ -706,9 +1156,23 @@ static int parse_args(int argc, char **argv) {
     fprintf(stderr, "warden-bench: --port is required\n");
     return -1;
   }
-  if (opt.scenario == SC_INGEST && !opt.devices_file) {
-    fprintf(stderr, "warden-bench: ingest needs --devices FILE\n");
+  if (opt.scenario != SC_DRAIN && !opt.devices_file) {
+    fprintf(stderr, "warden-bench: %s needs --devices FILE\n", argv[1]);
     return -1;
+  }
+  if (opt.scenario == SC_COMMANDS) {
+    if (!opt.user || (!opt.password && !opt.password_file)) {
+      fprintf(stderr, "warden-bench: commands needs --user and --password or --password-file (the service)\n");
+      return -1;
+    }
+    if (opt.rate > 0 && !opt.messages_given) {
+      double m = opt.rate * (double)opt.duration_s;
+      if (m < 1 || m > 1e9) {
+        fprintf(stderr, "warden-bench: --rate x --duration must be 1 to 1e9 commands\n");
+        return -1;
+      }
+      opt.messages = (long)m;
+    }
   }
   if (opt.scenario == SC_DRAIN) {
     if (!opt.user || (!opt.password && !opt.password_file)) {
@@ -721,6 +1185,83 @@ static int parse_args(int argc, char **argv) {
   return 0;
 }
 
+/* commands: prints the JSON object and the stderr line; returns the exit status. */
+static int report_commands(long accepted, long errs, double secs, double rate, long nl) {
+  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
+  if (nl > 0) {
+    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
+    a50 = percentile_ms(latencies, nl, 0.50);
+    a99 = percentile_ms(latencies, nl, 0.99);
+    a999 = percentile_ms(latencies, nl, 0.999);
+  }
+  long nr = atomic_load(&n_recv_lat);
+  if (nr > opt.messages) nr = opt.messages;
+  if (nr > 0) {
+    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
+    p50 = percentile_ms(recv_lat, nr, 0.50);
+    p99 = percentile_ms(recv_lat, nr, 0.99);
+    p999 = percentile_ms(recv_lat, nr, 0.999);
+  }
+  long uniq = atomic_load(&received_unique);
+  long missing = accepted > uniq ? accepted - uniq : 0;
+  long dups = atomic_load(&duplicates), ooo = atomic_load(&out_of_order), mis = atomic_load(&misrouted);
+  long bad = atomic_load(&malformed);
+  long fbc = atomic_load(&fb_completed), fbo = atomic_load(&fb_other);
+  long fb_missing = opt.feedback && uniq > fbc + fbo ? uniq - fbc - fbo : 0;
+  long rejected = errs; /* non-accepted outcomes + commands in flight when the service connection was lost */
+  errs += missing + dups + ooo + mis + bad + fbo + fb_missing;
+  int64_t t0 = atomic_load(&t_start_ns), tr = atomic_load(&t_last_recv_ns);
+  double dsecs = t0 && tr > t0 ? (double)(tr - t0) / 1e9 : 0.0;
+  double drate = dsecs > 0 ? (double)uniq / dsecs : 0.0;
+
+  printf("{\"scenario\":\"commands\",\"connections\":%ld,\"window\":%ld,\"size\":%ld,", n_devices, opt.window,
+         opt.size);
+  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, accepted);
+  json_num("seconds", secs, false);
+  json_num("rate", rate, false);
+  json_num("p50_ms", p50, false);
+  json_num("p99_ms", p99, false);
+  json_num("p999_ms", p999, false);
+  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
+  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
+  if (opt.rate > 0) {
+    json_num("target_rate", opt.rate, false);
+    printf("\"duration\":%ld,", opt.messages_given ? (long)ceil((double)opt.messages / opt.rate) : opt.duration_s);
+    json_num("max_send_lag_ms", (double)max_lag_ns / 1e6, false);
+  } else {
+    printf("\"target_rate\":null,\"duration\":null,\"max_send_lag_ms\":null,");
+  }
+  printf("\"anonymous\":%s,\"device_credit\":%ld,", opt.anonymous ? "true" : "false", opt.device_credit);
+  json_num("accept_p50_ms", a50, false);
+  json_num("accept_p99_ms", a99, false);
+  json_num("accept_p999_ms", a999, false);
+  printf("\"rejected\":%ld,\"received\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"out_of_order\":%ld,"
+         "\"misrouted\":%ld,\"malformed\":%ld,\"stale\":%ld,",
+         rejected, uniq, missing, dups, ooo, mis, bad, atomic_load(&stale));
+  json_num("delivered_seconds", dsecs, false);
+  json_num("delivered_rate", drate, false);
+  if (opt.feedback)
+    printf("\"feedback_completed\":%ld,\"feedback_other\":%ld,\"feedback_missing\":%ld,\"feedback_stale\":%ld,", fbc,
+           fbo, fb_missing, atomic_load(&fb_stale));
+  else
+    printf("\"feedback_completed\":null,\"feedback_other\":null,\"feedback_missing\":null,\"feedback_stale\":null,");
+  printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
+  fflush(stdout);
+
+  char pace[64] = "unpaced";
+  if (opt.rate > 0) snprintf(pace, sizeof pace, "paced %.0f/s (max lag %.1f ms)", opt.rate, (double)max_lag_ns / 1e6);
+  fprintf(stderr,
+          "warden-bench commands: 1 service -> %ld devices, window %ld, %ld B, %s: %ld/%ld accepted in %.2f s = %.0f "
+          "cmd/s (accept p50 %.2f p99 %.2f ms); %ld received in %.2f s = %.0f cmd/s; send->device latency p50 %.2f ms "
+          "p99 %.2f ms p99.9 %.2f ms; %ld errors (%ld rejected/lost, %ld missing, %ld dup, %ld out of order, %ld "
+          "misrouted)%s%s\n",
+          n_devices, opt.window, opt.size, pace, accepted, opt.messages, secs, rate, a50, a99, uniq, dsecs, drate, p50,
+          p99, p999, errs, rejected, missing, dups, ooo, mis,
+          opt.feedback ? (fbo || fb_missing ? "; feedback NOT all completed" : "; feedback all completed") : "",
+          atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+  return errs || accepted < opt.messages || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
     usage(stdout);
@@ -731,10 +1272,11 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  n_conns = opt.connections;
+  n_devices = opt.connections;
+  n_conns = opt.scenario == SC_COMMANDS ? opt.connections + 1 : opt.connections; /* commands: + the service */
   conns = calloc((size_t)n_conns, sizeof *conns);
   if (!conns) return 1;
-  for (long i = 0; i < n_conns; i++) conns[i].index = (int)i;
+  for (long i = 0; i < n_conns; i++) conns[i].index = (int)i, conns[i].last_seq = -1;
 
   char *file_password = NULL;
   if (opt.scenario == SC_INGEST) {
@@ -754,6 +1296,7 @@ int main(int argc, char **argv) {
     }
     atomic_store(&pool, opt.messages);
   } else {
+    if (opt.scenario == SC_COMMANDS && load_devices() < 0) return 2;
     if (opt.password_file) {
       size_t len;
       file_password = wd_read_file(opt.password_file, &len);
@@ -763,14 +1306,34 @@ int main(int argc, char **argv) {
       }
       opt.password = trim(file_password);
     }
-    conns[0].password = strdup(opt.password);
+    if (opt.scenario == SC_COMMANDS) {
+      svc = &conns[n_devices];
+      svc->is_service = true;
+      svc->password = strdup(opt.password);
+      svc->n_senders = opt.anonymous ? 1 : n_devices;
+      svc->senders = calloc((size_t)svc->n_senders, sizeof *svc->senders);
+      latencies = malloc((size_t)opt.messages * sizeof *latencies);
+      recv_lat = malloc((size_t)opt.messages * sizeof *recv_lat);
+      seen = calloc((size_t)opt.messages, sizeof *seen);
+      cmd_payload = malloc((size_t)opt.size + 1);
+      cmd_msg = pn_message();
+      if (!svc->password || !svc->senders || !latencies || !recv_lat || !seen || !cmd_payload || !cmd_msg) {
+        fprintf(stderr, "warden-bench: out of memory for %ld commands\n", opt.messages);
+        return 1;
+      }
+      for (long i = 0; i < opt.size; i++) cmd_payload[i] = (uint8_t)('a' + i % 26);
+      if (wd_random_bytes(&run_id, sizeof run_id) < 0) run_id = (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+      snprintf(run_hex, sizeof run_hex, "%016" PRIx64, run_id);
+    } else {
+      conns[0].password = strdup(opt.password);
+    }
   }
 
   proactor = pn_proactor();
   t_launch_ns = now_ns();
   atomic_store(&live_conns, n_conns);
   for (long i = 0; i < n_conns; i++) start_connection(&conns[i]);
-  pn_proactor_set_timeout(proactor, TICK_MS);
+  pn_proactor_set_timeout(proactor, opt.scenario == SC_COMMANDS && opt.rate > 0 ? 1 : TICK_MS);
 
   pthread_t th[MAX_THREADS];
   long started = 0;
@@ -794,6 +1357,26 @@ int main(int argc, char **argv) {
     p999 = percentile_ms(latencies, nl, 0.999);
   }
   bool incomplete = done < opt.messages;
+  if (opt.scenario == SC_COMMANDS) {
+    int rc = report_commands(done, errs, secs, rate, nl);
+    pn_proactor_free(proactor);
+    if (cmd_msg) pn_message_free(cmd_msg);
+    for (long i = 0; i < n_conns; i++) {
+      free(conns[i].device_id);
+      if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
+      free(conns[i].password);
+      free(conns[i].senders);
+    }
+    free(conns);
+    free(latencies);
+    free(recv_lat);
+    free(seen);
+    free(cmd_buf);
+    free(cmd_payload);
+    if (file_password) explicit_bzero(file_password, strlen(file_password));
+    free(file_password);
+    return rc;
+  }
   const char *name = opt.scenario == SC_INGEST ? "ingest" : "drain";
 
   printf("{\"scenario\":\"%s\",\"connections\":%ld,\"window\":%ld,", name, n_conns, opt.window);

@@ -124,6 +124,12 @@ struct wd_http {
   char *tls_key_pem, *tls_cert_pem;
   size_t tls_key_len;
 
+  wd_store_log_t *telemetry; /* streamed to SSE clients */
+  struct sse *streams;        /* guarded by g_lock */
+  uint64_t telemetry_gen;     /* guarded by g_lock; raised by each telemetry commit */
+  pthread_t keepalive;
+  bool keepalive_started;
+
   /* Guarded by g_lock. */
   bool stopping;
   pending_t *pending;
@@ -809,6 +815,211 @@ static enum MHD_Result command_status(wd_http_req_t *r) {
   return answer_json(r, MHD_HTTP_OK, j);
 }
 
+/* ------------------------------------------------------------------- streams */
+
+#define SSE_BATCH 64
+#define SSE_MAX_LAG 10000        /* records behind the head: the client is too slow and is dropped */
+#define SSE_KEEPALIVE_MS 15000   /* a comment line, so idle streams notice vanished clients */
+
+/* One GET /v1/telemetry/stream. It reads the durable log at its own pace, so
+ * a slow client can fall behind but never hold anything up; too far behind,
+ * it is dropped. With nothing to send it suspends its connection; the store's
+ * append listener (or the keep-alive tick) resumes it. */
+typedef struct sse {
+  struct sse *prev, *next; /* h->streams, under g_lock */
+  wd_http_t *h;
+  struct MHD_Connection *conn;
+  uint64_t req_id;
+  char device[WD_ID_MAX + 1]; /* "" for every device */
+  uint64_t next_seq;
+  char *buf;
+  size_t len, off, cap;
+  int64_t last_write_ms;
+  bool suspended; /* under g_lock */
+  bool ended;     /* under g_lock: the server is stopping */
+} sse_t;
+
+static bool sse_append(sse_t *st, const char *text, size_t n) {
+  if (st->len + n > st->cap) {
+    size_t cap = st->cap ? st->cap : 8192;
+    while (cap < st->len + n) cap *= 2;
+    char *nb = realloc(st->buf, cap);
+    if (!nb) return false;
+    st->buf = nb;
+    st->cap = cap;
+  }
+  memcpy(st->buf + st->len, text, n);
+  st->len += n;
+  return true;
+}
+
+/* Renders the next records as events. Returns false when the client fell too
+ * far behind (or memory ran out) and must be dropped. */
+static bool sse_fill(sse_t *st) {
+  wd_http_t *h = st->h;
+  uint64_t first, next;
+  wd_store_log_bounds(h->telemetry, &first, &next);
+  if (next > st->next_seq && next - st->next_seq > SSE_MAX_LAG) {
+    wd_log("http", WD_LOG_WARNING, "[H%llu] telemetry stream %llu records behind; dropping the client",
+           (unsigned long long)st->req_id, (unsigned long long)(next - st->next_seq));
+    return false;
+  }
+  if (st->next_seq < first) st->next_seq = first; /* what it asked for is gone */
+  wd_store_record_t recs[SSE_BATCH];
+  int n = wd_store_log_read(h->telemetry, st->next_seq, recs, SSE_BATCH);
+  bool ok = n >= 0;
+  for (int i = 0; i < n; i++) {
+    st->next_seq = recs[i].seq + 1;
+    wd_telemetry_t t;
+    if (ok && h->ops.telemetry_decode && h->ops.telemetry_decode(recs[i].data, recs[i].len, &t) == WD_OK) {
+      if (!st->device[0] || strcmp(st->device, t.device_id) == 0) {
+        json_t *j = wd_http__payload_render(t.body, t.len, t.content_type[0] ? t.content_type : NULL);
+        char when[25];
+        wd_iso8601(t.enqueued_ms, when);
+        if (j) {
+          json_object_set_new(j, "deviceId", json_string(t.device_id));
+          json_object_set_new(j, "sequenceNumber", json_integer((json_int_t)recs[i].seq));
+          json_object_set_new(j, "enqueuedTime", json_string(when));
+        }
+        char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        char head[64];
+        int hn = snprintf(head, sizeof head, "event: telemetry\nid: %llu\ndata: ", (unsigned long long)recs[i].seq);
+        ok = data && sse_append(st, head, (size_t)hn) && sse_append(st, data, strlen(data)) &&
+             sse_append(st, "\n\n", 2);
+        free(data);
+        json_decref(j);
+      }
+      free(t.owned);
+    }
+    free(recs[i].data);
+  }
+  return ok;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  sse_t *st = cls;
+  for (;;) {
+    if (st->off < st->len) {
+      size_t n = st->len - st->off < max ? st->len - st->off : max;
+      memcpy(buf, st->buf + st->off, n);
+      st->off += n;
+      st->last_write_ms = wd_mono_ms();
+      return (ssize_t)n;
+    }
+    st->off = st->len = 0;
+    pthread_mutex_lock(&g_lock);
+    bool ended = st->ended;
+    uint64_t gen = st->h->telemetry_gen;
+    pthread_mutex_unlock(&g_lock);
+    if (ended) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (!sse_fill(st)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (st->len > 0) continue;
+    if (wd_mono_ms() - st->last_write_ms >= SSE_KEEPALIVE_MS) {
+      if (!sse_append(st, ": keepalive\n\n", 13)) return MHD_CONTENT_READER_END_WITH_ERROR;
+      continue;
+    }
+    /* Nothing to send: sleep until a commit (or the tick) - unless one came meanwhile. */
+    pthread_mutex_lock(&g_lock);
+    bool again = st->h->telemetry_gen != gen || st->ended;
+    if (!again) st->suspended = true;
+    pthread_mutex_unlock(&g_lock);
+    if (again) continue;
+    MHD_suspend_connection(st->conn);
+    return 0;
+  }
+}
+
+static void sse_free(void *cls) {
+  sse_t *st = cls;
+  pthread_mutex_lock(&g_lock);
+  if (st->prev) st->prev->next = st->next;
+  else st->h->streams = st->next;
+  if (st->next) st->next->prev = st->prev;
+  pthread_mutex_unlock(&g_lock);
+  wd_log("http", WD_LOG_DEBUG, "[H%llu] telemetry stream ended", (unsigned long long)st->req_id);
+  free(st->buf);
+  free(st);
+}
+
+/* Resumes every sleeping stream; with `end`, tells them to finish. g_lock held. */
+static void sse_wake_locked(wd_http_t *h, bool end) {
+  h->telemetry_gen++;
+  for (sse_t *st = h->streams; st; st = st->next) {
+    if (end) st->ended = true;
+    if (st->suspended) {
+      st->suspended = false;
+      MHD_resume_connection(st->conn);
+    }
+  }
+}
+
+/* Store writer thread: telemetry was committed. */
+static void on_log_appended(void *arg, wd_store_log_t *log) {
+  wd_http_t *h = arg;
+  if (log != h->telemetry) return;
+  pthread_mutex_lock(&g_lock);
+  sse_wake_locked(h, false);
+  pthread_mutex_unlock(&g_lock);
+}
+
+static void *keepalive_main(void *arg) {
+  wd_http_t *h = arg;
+  pthread_mutex_lock(&g_lock);
+  while (!h->stopping) {
+    struct timespec at;
+    clock_gettime(CLOCK_MONOTONIC, &at);
+    at.tv_sec += SSE_KEEPALIVE_MS / 1000;
+    pthread_cond_timedwait(&h->cond, &g_lock, &at);
+    if (!h->stopping) sse_wake_locked(h, false);
+  }
+  pthread_mutex_unlock(&g_lock);
+  return NULL;
+}
+
+static enum MHD_Result telemetry_stream(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  const char *device = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "device");
+  if (device && !wd_id_valid(device))
+    return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "device must be a device id");
+  if (r->who.restricted && !(device && may_reach_device(r, device)))
+    return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "this token may stream only devices it reaches: add ?device=");
+  sse_t *st = calloc(1, sizeof *st);
+  if (!st) return answer_store_error(r, WD_ERR_NOMEM);
+  st->h = h;
+  st->conn = r->conn;
+  st->req_id = r->id;
+  st->last_write_ms = wd_mono_ms();
+  if (device) snprintf(st->device, sizeof st->device, "%s", device);
+  uint64_t first, next;
+  wd_store_log_bounds(h->telemetry, &first, &next);
+  st->next_seq = next; /* live, unless the client resumes */
+  const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+  if (last && *last) {
+    char *end;
+    unsigned long long id = strtoull(last, &end, 10);
+    if (*end == '\0' && id < next) st->next_seq = id + 1;
+  }
+  struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_read, st, sse_free);
+  if (!resp) {
+    free(st);
+    return answer_store_error(r, WD_ERR_NOMEM);
+  }
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  pthread_mutex_lock(&g_lock);
+  st->next = h->streams;
+  if (h->streams) h->streams->prev = st;
+  h->streams = st;
+  pthread_mutex_unlock(&g_lock);
+  enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+  MHD_destroy_response(resp);
+  r->answered = true;
+  wd_log("http", WD_LOG_DEBUG, "[H%llu] telemetry stream from %llu%s%s", (unsigned long long)r->id,
+         (unsigned long long)st->next_seq, device ? " for " : "", device ? device : "");
+  return ret;
+}
+
 /* ------------------------------------------------------------- the handler */
 
 static wd_http_req_t *req_new(wd_http_t *h, struct MHD_Connection *conn, const char *method, const char *url) {
@@ -968,6 +1179,7 @@ static enum MHD_Result on_complete(wd_http_req_t *r) {
     case WD_HTTP_ROUTE_NOTIFY_GROUP: return command_send(r);
     case WD_HTTP_ROUTE_COMMAND_PURGE: return command_purge(r);
     case WD_HTTP_ROUTE_COMMAND_STATUS: return command_status(r);
+    case WD_HTTP_ROUTE_TELEMETRY_STREAM: return telemetry_stream(r);
     default: return answer_store_error(r, WD_ERR_INVALID); /* on_headers answered these */
   }
 }
@@ -1192,6 +1404,17 @@ int wd_http_start(const wd_http_config_t *cfg, wd_store_t *store, const wd_http_
     return WD_ERR_IO;
   }
   __atomic_store_n(&h->started, true, __ATOMIC_RELEASE);
+  if (wd_store_log_open(store, "telemetry", &h->telemetry) == WD_OK &&
+      wd_store_add_append_listener(store, on_log_appended, h) == WD_OK &&
+      pthread_create(&h->keepalive, NULL, keepalive_main, h) == 0) {
+    h->keepalive_started = true;
+  } else {
+    wd_log("http", WD_LOG_ERROR, "cannot set up telemetry streaming");
+    wd_store_remove_append_listener(store, on_log_appended, h);
+    MHD_stop_daemon(h->daemon);
+    http_free(h);
+    return WD_ERR_NOMEM;
+  }
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
   h->port = info && info->port ? info->port : port;
 
@@ -1231,7 +1454,11 @@ void wd_http_stop(wd_http_t *h) {
   if (!h) return;
   pthread_mutex_lock(&g_lock);
   h->stopping = true; /* from now on a write is answered 503 instead of parked */
+  sse_wake_locked(h, true);
+  pthread_cond_broadcast(&h->cond);
   pthread_mutex_unlock(&g_lock);
+  if (h->keepalive_started) pthread_join(h->keepalive, NULL);
+  wd_store_remove_append_listener(h->store, on_log_appended, h);
 
   MHD_socket ls = MHD_quiesce_daemon(h->daemon);
   if (ls != MHD_INVALID_SOCKET) close(ls);
