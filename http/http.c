@@ -48,6 +48,7 @@
 #include "gateway/base/scopes.h"
 #include "gateway/base/util.h"
 #include "http/http.h"
+#include "gateway/base/metrics.h"
 #include "http/internal.h"
 
 #define STOP_GRACE_MS 5000       /* how long wd_http_stop lets requests in flight finish */
@@ -181,6 +182,8 @@ static enum MHD_Result answer_raw(wd_http_req_t *r, unsigned status, char *body,
   enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
   MHD_destroy_response(resp);
   r->answered = true;
+  wd_metric_add(&wd_metrics.http_requests, 1);
+  if (status >= 500) wd_metric_add(&wd_metrics.http_errors, 1);
   char ub[160];
   wd_log("http", WD_LOG_DEBUG, "[H%llu] %s %s -> %u (%lld ms)", (unsigned long long)r->id, r->method,
          log_url(r->url, ub), status, (long long)(wd_mono_ms() - r->start_ms));
@@ -977,6 +980,28 @@ static void *keepalive_main(void *arg) {
   return NULL;
 }
 
+static enum MHD_Result metrics(wd_http_req_t *r) {
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  wd_store_stats_t st;
+  wd_store_stats(r->h->store, &st);
+  int rc = wd_metrics_render(&buf, &len, &cap);
+  if (rc == WD_OK)
+    rc = wd_metrics_printf(&buf, &len, &cap,
+                           "# HELP warden_store_bytes The store's size: in use, and the configured limit.\n"
+                           "# TYPE warden_store_bytes gauge\n"
+                           "warden_store_bytes{kind=\"used\"} %llu\nwarden_store_bytes{kind=\"limit\"} %llu\n"
+                           "# HELP warden_store_full_total Commits refused because the store was full.\n"
+                           "# TYPE warden_store_full_total counter\nwarden_store_full_total %llu\n",
+                           (unsigned long long)st.used_bytes, (unsigned long long)st.map_size,
+                           (unsigned long long)st.commit_failures_full);
+  if (rc < 0) {
+    free(buf);
+    return answer_store_error(r, rc);
+  }
+  return answer_raw(r, MHD_HTTP_OK, buf, len, "text/plain; version=0.0.4", NULL);
+}
+
 static enum MHD_Result telemetry_stream(wd_http_req_t *r) {
   wd_http_t *h = r->h;
   const char *device = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "device");
@@ -1180,6 +1205,7 @@ static enum MHD_Result on_complete(wd_http_req_t *r) {
     case WD_HTTP_ROUTE_COMMAND_PURGE: return command_purge(r);
     case WD_HTTP_ROUTE_COMMAND_STATUS: return command_status(r);
     case WD_HTTP_ROUTE_TELEMETRY_STREAM: return telemetry_stream(r);
+    case WD_HTTP_ROUTE_METRICS: return metrics(r);
     default: return answer_store_error(r, WD_ERR_INVALID); /* on_headers answered these */
   }
 }

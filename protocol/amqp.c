@@ -328,6 +328,19 @@ static void abandon_unsettled(wd_conn_t *c, pn_link_t *link) {
     wd_amqp__log_release_unsettled_PT(link);
 }
 
+wd_metric_address_t wd_amqp__metric_address(wd_addr_kind_t kind) {
+  switch (kind) {
+    case WD_ADDR_TELEMETRY: return WD_MA_TELEMETRY;
+    case WD_ADDR_INQUIRIES: return WD_MA_INQUIRIES;
+    case WD_ADDR_RESPONSES: return WD_MA_RESPONSES;
+    case WD_ADDR_FEEDBACK: return WD_MA_FEEDBACK;
+    case WD_ADDR_DEADLETTER: return WD_MA_DEADLETTER;
+    case WD_ADDR_DEVICE_NOTIFICATIONS:
+    case WD_ADDR_GROUP_NOTIFICATIONS: return WD_MA_NOTIFICATIONS;
+    default: return WD_MA_COMMANDS;
+  }
+}
+
 void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc) return;
@@ -391,11 +404,14 @@ static void on_connection_remote_open(wd_conn_t *c) {
   pn_transport_set_idle_timeout(t, local_idle);
   pn_connection_set_container(c->pn, "warden");
   pn_connection_open(c->pn);
+  c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
+  atomic_fetch_add(c->gauge, 1);
   wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
          c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
 }
 
 static void on_transport_closed(wd_conn_t *c) {
+  if (c->gauge) atomic_fetch_sub(c->gauge, 1);
   for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) {
     abandon_unsettled(c, l);
     free_link_ctx(l);

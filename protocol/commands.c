@@ -82,6 +82,7 @@ typedef struct {
   pn_delivery_t *delivery; /* NULL when pre-settled */
   char target[WD_ID_MAX + 1];
   bool group;
+  wd_metric_address_t metric;
   int rc;
 } enqueue_job_t;
 
@@ -101,6 +102,7 @@ static void enqueue_settled(wd_conn_t *c, void *arg, bool discard) {
   enqueue_job_t *j = arg;
   if (!discard) {
     wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    if (j->rc == WD_OK) wd_metric_add(&wd_metrics.messages_in[j->metric], 1);
     if (j->delivery) {
       if (j->rc == WD_OK) {
         pn_delivery_update(j->delivery, PN_ACCEPTED);
@@ -259,7 +261,8 @@ void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_
     rc = WD_ERR_NOMEM;
   } else {
     *j = (enqueue_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d,
-                         .group = target.kind == WD_ADDR_GROUP_NOTIFICATIONS};
+                         .group = target.kind == WD_ADDR_GROUP_NOTIFICATIONS,
+                         .metric = wd_amqp__metric_address(target.kind)};
     snprintf(j->target, sizeof j->target, "%s", target.param);
     atomic_fetch_add(&a->inflight_commits, 1);
     rc = j->group ? wd_store_group_enqueue(a->store, target.param, &msg, a->cfg.queue_limit, on_enqueued, j)
@@ -408,6 +411,7 @@ void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
     pn_link_send(link, q->data, q->len);
     pn_link_advance(link);
     wd_store_queue_settle(c->amqp->store, c->who.id, q->seq, WD_SETTLE_DELIVERED, NULL, NULL);
+    wd_metric_add(&wd_metrics.messages_out[q->kind == WD_QUEUE_NOTIFICATION ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
   }
   for (int i = 0; i < n; i++) wd_store_queued_free(&msgs[i]);
   free(msgs);
@@ -655,7 +659,7 @@ void wd_amqp_end_waits(wd_amqp_t *a) {
 typedef struct {
   wd_amqp_t *amqp;
   char target[WD_ID_MAX + 1];
-  bool group, waiting;
+  bool group, waiting, notification;
   char message_id[37];
   int64_t expires_ms;
   wd_send_fn done;
@@ -668,6 +672,7 @@ static void on_sent(void *ctx, int rc, uint64_t count) {
                                .outcome = "queued"};
   snprintf(res.message_id, sizeof res.message_id, "%s", j->message_id);
   if (rc == WD_OK) {
+    wd_metric_add(&wd_metrics.messages_in[j->group || j->notification ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
     if (j->group)
       wd_amqp__notify_all_devices(j->amqp);
     else
@@ -722,7 +727,8 @@ int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg)
     free(stored);
     return WD_ERR_NOMEM;
   }
-  *j = (send_job_t){.amqp = a, .group = req->group, .waiting = req->wait_s > 0, .expires_ms = now + (int64_t)ttl_ms,
+  *j = (send_job_t){.amqp = a, .group = req->group, .waiting = req->wait_s > 0, .notification = req->notification,
+                    .expires_ms = now + (int64_t)ttl_ms,
                     .done = done, .arg = arg};
   snprintf(j->target, sizeof j->target, "%s", req->target);
   memcpy(j->message_id, id, sizeof id);

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "gateway/base/metrics.h"
 #include "protocol/address.h"
 #include "protocol/amqp.h"
 
@@ -66,6 +67,7 @@ struct wd_conn {
   int64_t close_deadline_ms;  /* monotonic */
 
   /* Owned by the connection's batches. */
+  _Atomic int64_t *gauge; /* the connections gauge it counts in, once open */
   int n_links;
   bool closing;
 };
@@ -179,6 +181,9 @@ void wd_amqp__notify_all_devices(wd_amqp_t *a);
  * status: strings as they are, ulongs in decimal, UUIDs canonical, binary in hex. */
 #define WD_MSGID_KEY_MAX 1024
 int wd_amqp__msgid_key(pn_msgid_t id, char *out, size_t cap);
+
+/* The metric label of an address. */
+wd_metric_address_t wd_amqp__metric_address(wd_addr_kind_t kind);
 
 /* Delivery tags of outbound messages are their store sequence numbers, 8 bytes big-endian. */
 void wd_amqp__seq_tag(uint64_t seq, uint8_t tag[8]);

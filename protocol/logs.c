@@ -101,6 +101,7 @@ static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
   commit_job_t *j = arg;
   if (!discard) {
     wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    if (j->rc == WD_OK) wd_metric_add(&wd_metrics.messages_in[wd_amqp__metric_address(lc->addr.kind)], 1);
     if (j->delivery) {
       if (j->rc == WD_OK) {
         pn_delivery_update(j->delivery, PN_ACCEPTED);
@@ -274,6 +275,7 @@ void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link) {
     int want = pn_link_credit(link) < CLAIM_BATCH ? pn_link_credit(link) : CLAIM_BATCH;
     int n = wd_store_group_claim(lc->group, recs, (size_t)want);
     if (n <= 0) break;
+    wd_metric_add(&wd_metrics.messages_out[wd_amqp__metric_address(lc->addr.kind)], (uint64_t)n);
     for (int i = 0; i < n; i++) {
       uint8_t tag[8];
       wd_amqp__seq_tag(recs[i].seq, tag);

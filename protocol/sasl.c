@@ -229,6 +229,7 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
     pnx_sasl_set_succeeded(t, ctx->who.id, ctx->who.id);
   } else {
     wd_log("amqp", WD_LOG_WARNING, "authentication failed for '%s' from %s: %s", user, addr, why);
+    wd_metric_add(&wd_metrics.auth_failures, 1);
     pnx_sasl_set_failed(t);
   }
   pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);

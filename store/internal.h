@@ -55,6 +55,7 @@ struct wd_store {
   int64_t next_expiry_ms; /* earliest key of the expiry index, INT64_MAX if none */
   wd_store_codec_t codec;
   uint32_t max_delivery_count;
+  int64_t queued_delta; /* messages added to queues minus removed by the open transaction */
 
   pthread_mutex_t listeners_lock; /* held while listeners run */
   struct {

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "gateway/base/log.h"
+#include "gateway/base/metrics.h"
 #include "store/internal.h"
 
 #define RECORD_VERSION 1
@@ -369,12 +370,16 @@ static int remove_record(wd_store_t *s, MDB_txn *txn, const char *device, const 
   uint32_t count;
   if (rc == WD_OK) rc = meta_get(s, txn, device, &next_seq, &count);
   if (rc == WD_OK) rc = meta_put(s, txn, device, next_seq, count ? count - 1 : 0);
+  if (rc == WD_OK) s->queued_delta--;
   return rc;
 }
 
 /* Dead-letters a message: the whole of it to "deadletter", feedback, status, gone. */
 static int dead(wd_store_t *s, MDB_txn *txn, const char *device, view_t *view, const char *reason,
                 const char *feedback_status, uint8_t state, int64_t now) {
+  /* Counted as they are decided; a transaction that aborts is retried and counted again, rarely. */
+  wd_metric_add(&wd_metrics.dead_letters, 1);
+  if (state == ST_EXPIRED) wd_metric_add(&wd_metrics.expirations, 1);
   int rc = load_blob(s, txn, view);
   if (rc == WD_OK) rc = deadletter(s, txn, device, &view->q, reason, now);
   if (rc == WD_OK) rc = feedback(s, txn, device, &view->q, feedback_status, now);
@@ -421,6 +426,7 @@ static int enqueue_one(wd_store_t *s, MDB_txn *txn, enqueue_op_t *op, const char
       (rc = status_set(s, txn, device, &view.q, ST_QUEUED, op->reply_to, op->q.enqueued_ms)) < 0)
     return rc;
   *seq_out = next_seq;
+  s->queued_delta++;
   return WD_OK;
 }
 
@@ -786,7 +792,23 @@ void wd_store__sweep(wd_store_t *s) {
 
 /* ------------------------------------------------------------ load, drop */
 
+/* The gauge of queued messages starts from what the store holds. */
+static int count_queued(wd_store_t *s, MDB_txn *txn) {
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn, s->dbi_queue_meta, &cur);
+  if (rc) return wd_store__map_rc(rc);
+  MDB_val k, v;
+  int64_t total = 0;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == MDB_SUCCESS; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    if (v.mv_size == 12) total += wd_store__be_u32((uint8_t *)v.mv_data + 8);
+  mdb_cursor_close(cur);
+  atomic_store(&wd_metrics.queued, total);
+  return WD_OK;
+}
+
 int wd_store__queues_load(wd_store_t *s, MDB_txn *txn) {
+  int qrc = count_queued(s, txn);
+  if (qrc < 0) return qrc;
   MDB_val k = {sizeof blob_key - 1, (void *)blob_key}, v;
   int rc = mdb_get(txn, s->dbi_meta, &k, &v);
   s->next_blob_id = rc == MDB_SUCCESS && v.mv_size == 8 ? wd_store__be_u64(v.mv_data) : 1;

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "gateway/base/log.h"
+#include "gateway/base/metrics.h"
 #include "store/internal.h"
 
 #define MAX_OPS_PER_COMMIT 4096
@@ -97,17 +98,23 @@ static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rc
   }
   persisted = atomic_exchange(&s->logs_dirty, false);
   if (persisted && (rc = wd_store__logs_persist(s, txn)) < 0) goto fail;
+  int64_t started = wd_mono_us();
   rc = wd_store__map_rc(mdb_txn_commit(txn));
   if (rc < 0) {
     if (persisted) atomic_store(&s->logs_dirty, true);
     wd_store__logs_rollback(s);
+    s->queued_delta = 0;
     return rc;
   }
+  wd_metrics_commit((uint64_t)(wd_mono_us() - started));
+  atomic_fetch_add(&wd_metrics.queued, s->queued_delta);
+  s->queued_delta = 0;
   atomic_fetch_add(&s->commits, 1);
   wd_store__logs_committed(s, persisted);
   return WD_OK;
 fail:
   if (persisted) atomic_store(&s->logs_dirty, true);
+  s->queued_delta = 0;
   mdb_txn_abort(txn);
   wd_store__logs_rollback(s);
   return rc;

@@ -12,6 +12,7 @@
 /* Milliseconds since the epoch (wall clock) and on the monotonic clock. */
 int64_t wd_now_ms(void);
 int64_t wd_mono_ms(void);
+int64_t wd_mono_us(void);
 
 /* True if s is a valid device/group id: [A-Za-z0-9._:-]{1,128}. */
 bool wd_id_valid(const char *s);
