@@ -53,6 +53,7 @@ struct wd_store {
   /* Device queues (queue.c). Writer only, except the codec (set once at start). */
   uint64_t next_blob_id;
   int64_t next_expiry_ms; /* earliest key of the expiry index, INT64_MAX if none */
+  _Atomic bool sweeping;  /* expiry runs once the codec is set: nothing expires unreported */
   wd_store_codec_t codec;
   uint32_t max_delivery_count;
   int64_t queued_delta; /* messages added to queues minus removed by the open transaction */

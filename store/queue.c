@@ -928,6 +928,10 @@ void wd_store_queued_free(wd_store_queued_t *q) {
 void wd_store_set_codec(wd_store_t *s, const wd_store_codec_t *codec, uint32_t max_delivery_count) {
   s->codec = *codec;
   s->max_delivery_count = max_delivery_count ? max_delivery_count : 10;
+  atomic_store(&s->sweeping, true);
+  pthread_mutex_lock(&s->lock);
+  pthread_cond_signal(&s->wake); /* what expired while warden was down is due now */
+  pthread_mutex_unlock(&s->lock);
 }
 
 static bool skipped(uint64_t seq, const uint64_t *skip, size_t n_skip) {

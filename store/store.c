@@ -165,7 +165,7 @@ static void *writer_main(void *arg) {
     if (!s->head && !s->stopping) {
       /* Wake for work, for the next expiry, or to persist consumer-group progress. */
       int64_t now = wd_now_ms(), wait_ms = IDLE_TICK_MS;
-      if (s->next_expiry_ms - now < wait_ms) wait_ms = s->next_expiry_ms - now;
+      if (atomic_load(&s->sweeping) && s->next_expiry_ms - now < wait_ms) wait_ms = s->next_expiry_ms - now;
       if (wait_ms > 0) {
         struct timespec deadline;
         clock_gettime(CLOCK_REALTIME, &deadline);
@@ -192,7 +192,7 @@ static void *writer_main(void *arg) {
     bool stop = s->stopping && !s->head;
     pthread_mutex_unlock(&s->lock);
 
-    if (wd_now_ms() >= s->next_expiry_ms) wd_store__sweep(s);
+    if (atomic_load(&s->sweeping) && wd_now_ms() >= s->next_expiry_ms) wd_store__sweep(s);
     if (count > 0 || atomic_load(&s->logs_dirty)) run_batch(s, ops, count);
     if (stop && count == 0) break;
   }

@@ -193,7 +193,8 @@ typedef struct {
                       int64_t time_ms, size_t *len, size_t *seq_offset);
 } wd_store_codec_t;
 
-/* Sets the codec and the policy before any queue is used. Not thread-safe. */
+/* Sets the codec and the policy before any queue is used, and starts expiry:
+ * until then nothing expires, so every expiry is reported. Call once. */
 void wd_store_set_codec(wd_store_t *s, const wd_store_codec_t *codec, uint32_t max_delivery_count);
 
 typedef struct {
