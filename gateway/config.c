@@ -130,6 +130,13 @@ static const key_t_ keys[] = {
     {"amqp", "max_idle_timeout", T_SECONDS, OFF(max_idle_timeout_s), 1, 7 * 86400},
     {"amqp", "max_message_size", T_SIZE, OFF(max_message_size), 1024, 64u << 20},
     {"amqp", "max_connections", T_COUNT, OFF(max_connections), 1, 10000000},
+    {"amqp", "max_connections_per_address", T_COUNT, OFF(max_connections_per_address), 1, 10000000},
+    {"amqp", "sasl_timeout", T_SECONDS, OFF(sasl_timeout_s), 1, 300},
+    {"amqp", "max_frame_size", T_SIZE, OFF(max_frame_size), 512, 16u << 20},
+    {"amqp", "max_sessions", T_COUNT, OFF(max_sessions), 1, 65536},
+    {"amqp", "max_links", T_COUNT, OFF(max_links), 1, 65536},
+    {"auth", "failures_per_address", T_COUNT, OFF(auth_failures_per_address), 1, 1000000},
+    {"auth", "block_time", T_SECONDS, OFF(auth_block_s), 1, 86400},
     {"http", "listen", T_LISTEN, OFF(http_listen), 0, 0},
     {"http", "tls_cert", T_STRING, OFF(http_tls_cert), 0, 0},
     {"http", "tls_key", T_STRING, OFF(http_tls_key), 0, 0},
@@ -220,6 +227,13 @@ static int set_defaults(wd_config_t *cfg) {
   cfg->max_idle_timeout_s = 1800;
   cfg->max_message_size = 256 * 1024;
   cfg->max_connections = 100000;
+  cfg->max_connections_per_address = 100000; /* fleets behind one NAT share an address */
+  cfg->sasl_timeout_s = 10;
+  cfg->max_frame_size = 64 * 1024;
+  cfg->max_sessions = 16;
+  cfg->max_links = 64;
+  cfg->auth_failures_per_address = 20;
+  cfg->auth_block_s = 60;
   cfg->default_ttl_s = 3600;
   cfg->max_ttl_s = 7 * 86400;
   cfg->queue_limit = 50;

@@ -27,6 +27,8 @@ typedef struct {
   char *amqp_tls_cert, *amqp_tls_key, *amqp_tls_ca;
   uint32_t idle_timeout_s, max_idle_timeout_s;
   uint32_t max_message_size, max_connections;
+  uint32_t max_connections_per_address, sasl_timeout_s, max_frame_size, max_sessions, max_links;
+  uint32_t auth_failures_per_address, auth_block_s;
 
   char *http_listen, *http_tls_cert, *http_tls_key;
 

@@ -296,11 +296,18 @@ static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
     wd_amqp__link_refuse_PT(link, rc == WD_ERR_NOT_FOUND ? "amqp:not-found" : "amqp:unauthorized-access", why);
     return;
   }
+  if (c->n_links >= (int)c->amqp->cfg.max_links) {
+    wd_log("amqp", WD_LOG_INFO, "[C%llu] '%s' already has %d links; refused another", (unsigned long long)c->id,
+           c->who.id, c->n_links);
+    wd_amqp__link_refuse_PT(link, "amqp:resource-limit-exceeded", "too many links on this connection");
+    return;
+  }
   wd_link_ctx_t *lc = calloc(1, sizeof *lc);
   if (!lc) {
     wd_amqp__link_refuse_PT(link, "amqp:resource-limit-exceeded", "out of memory");
     return;
   }
+  c->n_links++;
   lc->addr = addr;
   pn_link_set_context(link, lc);
   if (inbound) {
@@ -361,6 +368,7 @@ void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard) {
 static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (c) abandon_unsettled(c, link);
+  if (c && lc && !lc->closed) c->n_links--;
   if (!(pn_link_state(link) & PN_LOCAL_CLOSED)) pn_link_close(link);
   if (!lc) {
     pn_link_free(link);
@@ -404,6 +412,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
   pn_transport_set_idle_timeout(t, local_idle);
   pn_connection_set_container(c->pn, "warden");
   pn_connection_open(c->pn);
+  wd_amqp__conn_admitted(c);
   c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
   atomic_fetch_add(c->gauge, 1);
   wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
@@ -437,6 +446,23 @@ static void abort_connection(wd_conn_t *c, void *arg, bool discard) {
   pn_transport_close_head(t);
 }
 
+/* Counts the connection against its source address; an address over its
+ * limit, or blocked for failed logins, is cut off before SASL starts. */
+static void on_connection_bound(wd_conn_t *c, pn_transport_t *t) {
+  const pn_netaddr_t *na = pn_transport_remote_addr(t);
+  char ip[64] = "?", port[16];
+  if (!na || pn_netaddr_str(na, c->remote, sizeof c->remote) < 0) snprintf(c->remote, sizeof c->remote, "?");
+  if (na) pn_netaddr_host_port(na, ip, sizeof ip, port, sizeof port);
+  int rc = wd_amqp__conn_bind(c, ip);
+  /* A blocked address still gets a SASL refusal (credentials unread): a clear answer, and no oracle. */
+  if (rc == WD_OK || rc == WD_ERR_DENIED) return;
+  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] refused a connection from %s: too many connections from this address",
+         (unsigned long long)c->id, ip);
+  c->closing = true;
+  pn_transport_close_tail(t);
+  pn_transport_close_head(t);
+}
+
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
   bool *tls_flag = pn_listener_get_context(l);
   bool tls = *tls_flag;
@@ -466,6 +492,8 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
     wd_amqp__sasl_install(a, t, tls);
     if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
     pn_transport_set_idle_timeout(t, a->cfg.idle_timeout_ms);
+    if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
+    if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
     pn_listener_accept2(l, pc, t);
   } else if (pn_event_type(e) == PN_LISTENER_CLOSE) {
     pn_condition_t *cond = pn_listener_condition(l);
@@ -494,10 +522,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
   }
   switch (pn_event_type(e)) {
     case PN_CONNECTION_BOUND:
-      if (c) {
-        const pn_netaddr_t *na = pn_transport_remote_addr(pn_event_transport(e));
-        if (!na || pn_netaddr_str(na, c->remote, sizeof c->remote) < 0) snprintf(c->remote, sizeof c->remote, "?");
-      }
+      if (c) on_connection_bound(c, pn_event_transport(e));
       break;
     case PN_CONNECTION_REMOTE_OPEN:
       if (c) on_connection_remote_open(c);
@@ -559,6 +584,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
         wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
         wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
         wd_amqp__waiters_expire(a, wd_mono_ms());
+        wd_amqp__post_unadmitted(a, wd_mono_ms(), abort_connection);
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;

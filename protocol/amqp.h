@@ -30,6 +30,12 @@ typedef struct {
   uint32_t max_idle_timeout_ms;
   uint32_t max_message_size;
   uint32_t max_connections;
+  uint32_t max_connections_per_address;
+  uint32_t sasl_timeout_ms;
+  uint32_t max_frame_size;
+  uint32_t max_sessions, max_links;   /* per connection */
+  uint32_t auth_failures_per_address; /* within a minute; then the address is refused for auth_block_ms */
+  uint32_t auth_block_ms;
   uint64_t default_ttl_ms, max_ttl_ms; /* commands and notifications */
   uint32_t queue_limit;                /* a device's queue, unless its registry entry says otherwise */
   uint32_t max_delivery_count;

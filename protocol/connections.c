@@ -8,6 +8,7 @@
  * a freed connection. Wakes coalesce, so each PN_CONNECTION_WAKE runs every
  * job queued so far. */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,10 +30,20 @@ int wd_amqp__conns_init(wd_amqp_t *a) {
   a->n_buckets = N_BUCKETS;
   a->by_id = calloc(N_BUCKETS, sizeof *a->by_id);
   a->by_device = calloc(N_BUCKETS, sizeof *a->by_device);
-  return a->by_id && a->by_device ? WD_OK : WD_ERR_NOMEM;
+  a->peers = calloc(N_BUCKETS, sizeof *a->peers);
+  return a->by_id && a->by_device && a->peers ? WD_OK : WD_ERR_NOMEM;
 }
 
 void wd_amqp__conns_fini(wd_amqp_t *a) {
+  for (size_t b = 0; a->peers && b < N_BUCKETS; b++) {
+    wd_peer_addr_t *p = a->peers[b];
+    while (p) {
+      wd_peer_addr_t *next = p->next;
+      free(p);
+      p = next;
+    }
+  }
+  free(a->peers);
   free(a->by_id);
   free(a->by_device);
   pthread_mutex_destroy(&a->conns_lock);
@@ -47,6 +58,7 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
   atomic_store(&c->last_seen_ms, wd_now_ms());
   pthread_mutex_lock(&a->conns_lock);
   c->id = ++a->next_conn_id;
+  c->accepted_mono_ms = wd_mono_ms();
   size_t b = hash_u64(c->id);
   c->by_id_next = a->by_id[b];
   a->by_id[b] = c;
@@ -167,6 +179,8 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
     c->in_closing_list = false;
   }
   a->n_conns--;
+  if (c->peer) c->peer->conns--;
+  c->peer = NULL;
   c->gone = true;
   wd_job_t *jobs = c->jobs_head;
   c->jobs_head = c->jobs_tail = NULL;
@@ -305,4 +319,97 @@ bool wd_amqp_device_connected(wd_amqp_t *a, const char *device_id, int64_t *last
   if (c && last_seen_ms) *last_seen_ms = atomic_load(&c->last_seen_ms);
   pthread_mutex_unlock(&a->conns_lock);
   return c != NULL;
+}
+
+#define AUTH_WINDOW_MS 60000
+
+/* The entry of ip, created if asked. Caller holds conns_lock. */
+static wd_peer_addr_t *peer_find_locked(wd_amqp_t *a, const char *ip, bool create) {
+  wd_peer_addr_t **pp = &a->peers[hash_str(ip)];
+  for (wd_peer_addr_t *p = *pp; p; p = p->next)
+    if (strcmp(p->ip, ip) == 0) return p;
+  if (!create) return NULL;
+  wd_peer_addr_t *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  snprintf(p->ip, sizeof p->ip, "%s", ip);
+  p->next = *pp;
+  *pp = p;
+  return p;
+}
+
+int wd_amqp__conn_bind(wd_conn_t *c, const char *ip) {
+  wd_amqp_t *a = c->amqp;
+  int rc = WD_OK;
+  pthread_mutex_lock(&a->conns_lock);
+  wd_peer_addr_t *p = c->gone ? NULL : peer_find_locked(a, ip, true);
+  if (p) {
+    p->conns++;
+    c->peer = p;
+    if (p->blocked_until_ms > wd_mono_ms())
+      rc = WD_ERR_DENIED;
+    else if (p->conns > a->cfg.max_connections_per_address)
+      rc = WD_ERR_LIMIT;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+  return rc;
+}
+
+void wd_amqp__auth_failed(wd_amqp_t *a, const char *ip) {
+  int64_t now = wd_mono_ms();
+  bool blocked = false;
+  pthread_mutex_lock(&a->conns_lock);
+  wd_peer_addr_t *p = peer_find_locked(a, ip, true);
+  if (p) {
+    if (now - p->window_start_ms > AUTH_WINDOW_MS) {
+      p->window_start_ms = now;
+      p->failures = 0;
+    }
+    if (++p->failures >= a->cfg.auth_failures_per_address && p->blocked_until_ms <= now) {
+      p->blocked_until_ms = now + a->cfg.auth_block_ms;
+      blocked = true;
+    }
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+  if (blocked)
+    wd_log("amqp", WD_LOG_WARNING, "%s failed to log in %u times within a minute: refused for %u s", ip,
+           a->cfg.auth_failures_per_address, a->cfg.auth_block_ms / 1000);
+}
+
+bool wd_amqp__addr_blocked(wd_amqp_t *a, const char *ip) {
+  pthread_mutex_lock(&a->conns_lock);
+  wd_peer_addr_t *p = peer_find_locked(a, ip, false);
+  bool blocked = p && p->blocked_until_ms > wd_mono_ms();
+  pthread_mutex_unlock(&a->conns_lock);
+  return blocked;
+}
+
+void wd_amqp__conn_admitted(wd_conn_t *c) {
+  pthread_mutex_lock(&c->amqp->conns_lock);
+  c->admitted = true;
+  pthread_mutex_unlock(&c->amqp->conns_lock);
+}
+
+void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (size_t b = 0; b < a->n_buckets; b++) {
+    for (wd_conn_t *c = a->by_id[b]; c; c = c->by_id_next) {
+      if (c->admitted || c->accepted_mono_ms == INT64_MAX || now - c->accepted_mono_ms < (int64_t)a->cfg.sasl_timeout_ms)
+        continue;
+      wd_job_t *job = malloc(sizeof *job);
+      if (!job) continue;
+      c->accepted_mono_ms = INT64_MAX; /* once */
+      post_locked(c, fn, NULL, job);
+    }
+    /* Forget addresses with nothing left to remember. */
+    for (wd_peer_addr_t **pp = &a->peers[b]; *pp;) {
+      wd_peer_addr_t *p = *pp;
+      if (p->conns == 0 && p->blocked_until_ms <= now && now - p->window_start_ms > AUTH_WINDOW_MS) {
+        *pp = p->next;
+        free(p);
+      } else {
+        pp = &p->next;
+      }
+    }
+  }
+  pthread_mutex_unlock(&a->conns_lock);
 }

@@ -43,6 +43,16 @@ typedef struct {
   const char *mech;           /* static string */
 } wd_identity_t;
 
+/* What warden knows of one source address: for per-address limits. */
+typedef struct wd_peer_addr {
+  struct wd_peer_addr *next;
+  uint32_t conns;         /* live connections */
+  uint32_t failures;      /* authentication failures in the current window */
+  int64_t window_start_ms;
+  int64_t blocked_until_ms;
+  char ip[64];
+} wd_peer_addr_t;
+
 struct wd_conn {
   uint64_t id;
   wd_amqp_t *amqp;
@@ -53,6 +63,9 @@ struct wd_conn {
   _Atomic int64_t last_seen_ms;
 
   /* Under amqp->conns_lock. */
+  wd_peer_addr_t *peer;       /* its source address, once bound */
+  int64_t accepted_mono_ms;   /* SASL must finish within sasl_timeout of this */
+  bool admitted;              /* authenticated and opened */
   wd_job_t *jobs_head, *jobs_tail;
   bool gone;                  /* transport closed: posts run discarded */
   wd_conn_t *by_id_next;      /* hash chain by id */
@@ -108,6 +121,7 @@ struct wd_amqp {
   uint64_t next_conn_id;
   wd_conn_t *consumers;
   wd_conn_t *closing;
+  wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
 
@@ -141,6 +155,21 @@ void wd_amqp__post_devices(wd_amqp_t *a);
 void wd_amqp__post_all(wd_amqp_t *a, wd_job_fn fn);
 /* Posts fn to each device connection whose token expired by now_s. */
 void wd_amqp__post_expired(wd_amqp_t *a, int64_t now_s, wd_job_fn fn);
+
+/* Counts c against its source address. Returns WD_ERR_DENIED when the
+ * address is blocked for failed logins (SASL then refuses it), WD_ERR_LIMIT
+ * when it has too many connections; c is counted either way
+ * (wd_amqp__conn_gone uncounts it). */
+int wd_amqp__conn_bind(wd_conn_t *c, const char *ip);
+/* Records a failed login from ip; enough of them block the address. Thread-safe. */
+void wd_amqp__auth_failed(wd_amqp_t *a, const char *ip);
+/* True while ip is blocked for failed logins. Thread-safe. */
+bool wd_amqp__addr_blocked(wd_amqp_t *a, const char *ip);
+/* Marks c admitted (authenticated and opened). */
+void wd_amqp__conn_admitted(wd_conn_t *c);
+/* Posts fn to connections still not admitted sasl_timeout after accept, and
+ * forgets idle address entries. */
+void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
 /* Remembers that c was closed by us; past the deadline wd_amqp__post_overdue posts fn to it. */
 void wd_amqp__conn_closing(wd_conn_t *c, int64_t deadline_mono_ms);

@@ -34,6 +34,7 @@ static bool plain_allowed(pn_transport_t *t, sasl_ctx_t *ctx) {
 
 static const char *s_list_mechanisms(pn_transport_t *t) {
   sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  if (!ctx) return "";
   bool external = pnx_sasl_get_external_username(t) != NULL;
   bool plain = plain_allowed(t, ctx);
   if (external && plain) return "EXTERNAL PLAIN";
@@ -179,13 +180,24 @@ static bool verify_thumbprint(wd_amqp_t *a, const char *thumbprint, wd_identity_
 
 static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t *recv) {
   sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  if (!ctx) {
+    pnx_sasl_set_failed(t);
+    pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
+    return;
+  }
   wd_amqp_t *a = ctx->amqp;
   wd_identity_t who = {0};
   const char *why = "mechanism not offered";
   char user[WD_ID_MAX + 1] = "";
   bool ok = false;
+  char ip[64] = "?", port[16];
+  const pn_netaddr_t *na = pn_transport_remote_addr(t);
+  if (na) pn_netaddr_host_port(na, ip, sizeof ip, port, sizeof port);
 
-  if (strcmp(mech, "PLAIN") == 0 && plain_allowed(t, ctx)) {
+  if (wd_amqp__addr_blocked(a, ip)) {
+    /* Refused without looking at the credentials: guessing gains nothing. */
+    why = "address blocked after repeated failed logins";
+  } else if (strcmp(mech, "PLAIN") == 0 && plain_allowed(t, ctx)) {
     /* [authzid] NUL authcid NUL password */
     const char *p = recv->start, *end = p + recv->size;
     const char *z1 = recv->size ? memchr(p, 0, recv->size) : NULL;
@@ -230,6 +242,7 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
   } else {
     wd_log("amqp", WD_LOG_WARNING, "authentication failed for '%s' from %s: %s", user, addr, why);
     wd_metric_add(&wd_metrics.auth_failures, 1);
+    wd_amqp__auth_failed(a, ip);
     pnx_sasl_set_failed(t);
   }
   pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
