@@ -5,6 +5,8 @@
  *                       [--messages M]
  *   warden-bench commands --port P --devices FILE --user NAME (--password PW | --password-file F)
  *                       [--connections N] [--window W] [--messages M | --rate R --duration D]
+ *   warden-bench rest   --port P --http-port H --devices FILE (--token T | --token-file F)
+ *                       [--connections N] [--concurrency C] [--messages M | --rate R --duration D]
  *
  * ingest: N device connections (SASL PLAIN, username = device id, password = a SAS token built from the
  * device's key), each with a sender on `telemetry` keeping up to W unsettled messages in flight. M messages
@@ -24,6 +26,13 @@
  * settled `accepted` per second) and the enqueue->device-receipt latency percentiles, and checks that every
  * accepted command reaches its device exactly once and in order.
  *
+ * rest: N device connections as in commands, and a REST client (libcurl multi, HTTP/1.1 keep-alive, up to C
+ * requests in flight) POSTing commands to /v1/devices/<id>/commands (bearer token), round-robin over the
+ * devices, unpaced or paced as above. Each body carries its send time (this process's monotonic clock).
+ * Reports the rate of 202 answers, the send->202 latency and the send->device-receipt latency, and checks that
+ * every 202'd command reaches its device exactly once, and after every command to that device whose 202 came
+ * before it was sent.
+ *
  * Output: one JSON object on stdout, one human line on stderr. Exit 0 only if everything completed without
  * error before --timeout; 1 otherwise; 2 on bad usage. */
 
@@ -40,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <proton/codec.h>
 #include <proton/condition.h>
 #include <proton/connection.h>
@@ -61,7 +71,7 @@
 #define TICK_MS 250
 #define GRACE_MS 5000 /* after --timeout: time allowed for connections to close */
 
-typedef enum { SC_INGEST, SC_DRAIN, SC_COMMANDS } scenario_t;
+typedef enum { SC_INGEST, SC_DRAIN, SC_COMMANDS, SC_REST } scenario_t;
 
 /* ------------------------------------------------------------------ options */
 
@@ -77,6 +87,9 @@ static struct {
   long duration_s;   /* paced: seconds of sending */
   long device_credit;
   bool anonymous, feedback, messages_given;
+  /* rest */
+  const char *http_port;
+  long concurrency;
 } opt = {
     .host = "127.0.0.1",
     .sas_host = "localhost",
@@ -90,6 +103,7 @@ static struct {
     .threads = 1,
     .duration_s = 10,
     .device_credit = 100,
+    .concurrency = 32,
 };
 
 /* ------------------------------------------------------------------ shared state */
@@ -113,6 +127,7 @@ typedef struct bench_conn {
   pn_link_t *fb_link;    /* service: receiver on `feedback` (--feedback) */
   long rr;               /* service: next device, round-robin */
   int64_t last_seq;      /* device: last sequence number received (-1 = none) */
+  int64_t max_sent_seen; /* rest device: latest send time of the commands received so far */
 } bench_conn_t;
 
 static pn_proactor_t *proactor;
@@ -452,6 +467,10 @@ static void check_done(void) {
 }
 
 static void maybe_go(void) {
+  if (opt.scenario == SC_REST) { /* the REST thread polls send_go */
+    if (atomic_load(&devices_ready) >= n_devices) atomic_store(&send_go, 1);
+    return;
+  }
   if (atomic_load(&devices_ready) < n_devices || !svc || svc->links_open < svc->n_senders) return;
   if (!atomic_exchange(&send_go, 1)) wake(svc);
 }
@@ -757,6 +776,269 @@ static void commands_open(bench_conn_t *bc, pn_session_t *s) {
 }
 
 
+/* ------------------------------------------------------------------ rest */
+
+/* A REST command's body: this header, then filler up to --size bytes. Same process, so host byte order. */
+#define REST_MAGIC "WBREST01"
+#define REST_HDR 40 /* magic[8] run[8] seq[8] device index[8] send time (CLOCK_MONOTONIC ns)[8] */
+#define REST_RESP_MAX 512
+
+typedef struct {
+  CURL *easy;
+  long seq, dev;
+  int64_t t_sent;
+  char *body;
+  char url[600];
+  char resp[REST_RESP_MAX];
+  size_t resp_len;
+} rest_slot_t;
+
+static atomic_int_least64_t *rest_t202; /* per sequence number: when its 202 was read (0 = not yet/never) */
+static const char *rest_token;
+static char *rest_base;                  /* http://host:port */
+static long http_status[600];            /* rest thread only: non-202 answers by status (0 = no answer) */
+static long http_errors;                 /* rest thread only: requests not answered 202 */
+static long http_connections;            /* rest thread only: connections libcurl opened */
+static long rest_unanswered;             /* rest thread only: requests in flight when the run was stopped */
+static long rest_max_active;             /* rest thread only: most requests in flight at once */
+static int64_t rest_max_lag_ns;          /* rest thread only: paced, worst delay of a send behind its schedule */
+
+static size_t rest_write(char *data, size_t size, size_t n, void *arg) {
+  rest_slot_t *slot = arg;
+  size_t len = size * n, room = REST_RESP_MAX - 1 - slot->resp_len;
+  memcpy(slot->resp + slot->resp_len, data, len < room ? len : room);
+  slot->resp_len += len < room ? len : room;
+  slot->resp[slot->resp_len] = '\0';
+  return len;
+}
+
+static void rest_log_error(const rest_slot_t *slot, CURLcode res, long code) {
+  pthread_mutex_lock(&log_lock);
+  if (failure_reports++ < 10) {
+    if (res != CURLE_OK)
+      fprintf(stderr, "warden-bench: POST %s (command %ld): %s\n", slot->url, slot->seq, curl_easy_strerror(res));
+    else
+      fprintf(stderr, "warden-bench: POST %s (command %ld): HTTP %ld %.*s\n", slot->url, slot->seq, code,
+              (int)strcspn(slot->resp, "\r\n"), slot->resp);
+  } else if (failure_reports == 11) {
+    fprintf(stderr, "warden-bench: (further failures not shown)\n");
+  }
+  pthread_mutex_unlock(&log_lock);
+}
+
+/* Fills slot with command seq for device dev, stamped now, and starts it. */
+static int rest_start(CURLM *multi, rest_slot_t *slot, long seq, long dev) {
+  slot->seq = seq;
+  slot->dev = dev;
+  slot->resp_len = 0;
+  slot->resp[0] = '\0';
+  snprintf(slot->url, sizeof slot->url, "%s/v1/devices/%s/commands", rest_base, conns[dev].device_id);
+  curl_easy_setopt(slot->easy, CURLOPT_URL, slot->url);
+  uint64_t v[4] = {run_id, (uint64_t)seq, (uint64_t)dev, 0};
+  int64_t t = now_ns();
+  v[3] = (uint64_t)t;
+  memcpy(slot->body, REST_MAGIC, 8);
+  memcpy(slot->body + 8, v, sizeof v);
+  slot->t_sent = t;
+  mark_start(t);
+  atomic_fetch_add(&sent, 1);
+  return curl_multi_add_handle(multi, slot->easy) == CURLM_OK ? 0 : -1;
+}
+
+/* One answer: a 202 carrying a messageId completes the command; anything else is an error. */
+static void rest_answered(rest_slot_t *slot, CURLcode res) {
+  int64_t t = now_ns();
+  long code = 0, nc = 0;
+  if (res == CURLE_OK) curl_easy_getinfo(slot->easy, CURLINFO_RESPONSE_CODE, &code);
+  if (curl_easy_getinfo(slot->easy, CURLINFO_NUM_CONNECTS, &nc) == CURLE_OK) http_connections += nc;
+  if (res == CURLE_OK && code == 202 && strstr(slot->resp, "\"messageId\"")) {
+    atomic_store(&rest_t202[slot->seq], t);
+    long i = atomic_fetch_add(&n_latencies, 1);
+    if (i < opt.messages) latencies[i] = (uint64_t)(t - slot->t_sent);
+    atomic_fetch_add(&completed, 1);
+  } else {
+    http_errors++;
+    http_status[res == CURLE_OK && code > 0 && code < 600 ? code : 0]++;
+    atomic_fetch_add(&errors, 1);
+    rest_log_error(slot, res, code);
+  }
+  mark_completion(t);
+  atomic_fetch_add(&cmd_settled, 1);
+  check_done();
+}
+
+/* The REST client: its own thread and libcurl multi handle, C easy handles (one per request slot) sharing
+ * the multi's connection cache, so connections are kept alive and reused. */
+static void *rest_main(void *arg) {
+  (void)arg;
+  long C = opt.concurrency;
+  CURLM *multi = curl_multi_init();
+  rest_slot_t *slots = calloc((size_t)C, sizeof *slots);
+  rest_slot_t **free_slots = calloc((size_t)C, sizeof *free_slots);
+  struct curl_slist *hdrs = NULL;
+  size_t alen = strlen(rest_token) + 32;
+  char *auth = malloc(alen);
+  bool ok = multi && slots && free_slots && auth;
+  if (ok) {
+    snprintf(auth, alen, "Authorization: Bearer %s", rest_token);
+    struct curl_slist *h1 = curl_slist_append(NULL, auth);
+    struct curl_slist *h2 = h1 ? curl_slist_append(h1, "Content-Type: application/octet-stream") : NULL;
+    struct curl_slist *h3 = h2 ? curl_slist_append(h2, "Expect:") : NULL;
+    hdrs = h3 ? h3 : h2 ? h2 : h1;
+    ok = h3 != NULL;
+    explicit_bzero(auth, strlen(auth));
+  }
+  free(auth);
+  if (ok) {
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, C);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, C);
+  }
+  for (long i = 0; ok && i < C; i++) {
+    rest_slot_t *sl = &slots[i];
+    sl->easy = curl_easy_init();
+    sl->body = malloc((size_t)opt.size);
+    if (!sl->easy || !sl->body) {
+      ok = false;
+      break;
+    }
+    for (long b = REST_HDR; b < opt.size; b++) sl->body[b] = (char)('a' + b % 26);
+    curl_easy_setopt(sl->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(sl->easy, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(sl->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDS, sl->body);
+    curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDSIZE, (long)opt.size);
+    curl_easy_setopt(sl->easy, CURLOPT_WRITEFUNCTION, rest_write);
+    curl_easy_setopt(sl->easy, CURLOPT_WRITEDATA, sl);
+    curl_easy_setopt(sl->easy, CURLOPT_PRIVATE, sl);
+    curl_easy_setopt(sl->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(sl->easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(sl->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    free_slots[i] = sl;
+  }
+  if (!ok) {
+    fprintf(stderr, "warden-bench: cannot set up the REST client\n");
+    atomic_fetch_add(&errors, 1);
+    stop_all();
+  }
+
+  /* Sending starts once every device's receiver is attached. */
+  while (ok && !atomic_load(&send_go) && !atomic_load(&stopping)) {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+
+  long issued = 0, active = 0, n_free = C;
+  int64_t pace0 = 0;
+  while (ok && !atomic_load(&stopping)) {
+    int64_t now = now_ns();
+    long due = opt.messages;
+    if (opt.rate > 0) {
+      if (!pace0) pace0 = now;
+      long sched = (long)((double)(now - pace0) * opt.rate / 1e9) + 1;
+      if (sched < due) due = sched;
+    }
+    while (issued < due && n_free > 0) {
+      rest_slot_t *sl = free_slots[--n_free];
+      if (rest_start(multi, sl, issued, issued % n_devices) < 0) {
+        fprintf(stderr, "warden-bench: curl_multi_add_handle failed\n");
+        atomic_fetch_add(&errors, 1);
+        free_slots[n_free++] = sl;
+        stop_all();
+        break;
+      }
+      if (opt.rate > 0) {
+        int64_t lag = sl->t_sent - (pace0 + (int64_t)((double)issued * 1e9 / opt.rate));
+        if (lag > rest_max_lag_ns) rest_max_lag_ns = lag;
+      }
+      issued++;
+      active++;
+      if (active > rest_max_active) rest_max_active = active;
+    }
+    int running;
+    curl_multi_perform(multi, &running);
+    CURLMsg *msg;
+    int left;
+    long answered = 0;
+    while ((msg = curl_multi_info_read(multi, &left))) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      rest_slot_t *sl = NULL;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&sl);
+      CURLcode res = msg->data.result;
+      curl_multi_remove_handle(multi, sl->easy);
+      rest_answered(sl, res);
+      free_slots[n_free++] = sl;
+      active--;
+      answered++;
+    }
+    if (issued >= opt.messages && active == 0) break;
+    if (answered && issued < opt.messages && (opt.rate <= 0 || issued < due)) continue; /* refill at once */
+    int timeout_ms = 100;
+    if (opt.rate > 0 && issued < opt.messages && n_free > 0) {
+      int64_t wait = pace0 + (int64_t)((double)issued * 1e9 / opt.rate) - now_ns();
+      timeout_ms = wait <= 0 ? 0 : (int)((wait + 999999) / 1000000);
+    }
+    curl_multi_poll(multi, NULL, 0, timeout_ms, NULL);
+  }
+
+  rest_unanswered = active;
+  for (long i = 0; i < C && slots; i++) {
+    if (slots[i].easy) {
+      curl_multi_remove_handle(multi, slots[i].easy); /* harmless when not added */
+      curl_easy_cleanup(slots[i].easy);
+    }
+    free(slots[i].body);
+  }
+  if (active > 0) atomic_fetch_add(&errors, active); /* in flight when stopped: outcome unknown */
+  curl_slist_free_all(hdrs);
+  if (multi) curl_multi_cleanup(multi);
+  free(slots);
+  free(free_slots);
+  return NULL;
+}
+
+/* A device received a REST command: accept it, check it is ours, for this device and new; record latency. */
+static void rest_device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
+  bool bad;
+  pn_message_t *m = recv_message(l, d, &bad);
+  if (!m) {
+    if (bad) atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  int64_t t = now_ns();
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  top_up(l, opt.device_credit);
+  pn_data_t *body = pn_message_body(m);
+  pn_data_rewind(body);
+  pn_bytes_t b = pn_data_next(body) && pn_data_type(body) == PN_BINARY ? pn_data_get_binary(body) : pn_bytes(0, NULL);
+  uint64_t v[4];
+  if (b.size < REST_HDR || memcmp(b.start, REST_MAGIC, 8) != 0 || (memcpy(v, b.start + 8, sizeof v), v[0] != run_id)) {
+    atomic_fetch_add(&stale, 1); /* not a command of this run (another scenario's, or an earlier run's) */
+    return;
+  }
+  uint64_t seq = v[1];
+  int64_t dev = (int64_t)v[2], sent_t = (int64_t)v[3];
+  if ((long)b.size != opt.size || seq >= (uint64_t)opt.messages) {
+    atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  atomic_fetch_add(&received, 1);
+  if (dev != bc->index) atomic_fetch_add(&misrouted, 1);
+  if (atomic_exchange(&seen[seq], 1)) {
+    atomic_fetch_add(&duplicates, 1);
+  } else {
+    /* Order: a command whose 202 was read before an earlier-received one was even sent must not come after it. */
+    int64_t a202 = atomic_load(&rest_t202[seq]);
+    if (a202 && a202 < bc->max_sent_seen) atomic_fetch_add(&out_of_order, 1);
+    if (sent_t > bc->max_sent_seen) bc->max_sent_seen = sent_t;
+    long i = atomic_fetch_add(&n_recv_lat, 1);
+    if (i < opt.messages) recv_lat[i] = (uint64_t)(t > sent_t ? t - sent_t : 0);
+    atomic_max64(&t_last_recv_ns, t);
+    atomic_fetch_add(&received_unique, 1);
+  }
+  check_done();
+}
+
 static atomic_int finished;
 
 static void finish(void) {
@@ -771,7 +1053,7 @@ static void on_tick(void) {
   static double last_progress;
   if (opt.progress_s > 0 && elapsed - last_progress >= (double)opt.progress_s) {
     last_progress = elapsed;
-    if (opt.scenario == SC_COMMANDS)
+    if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST)
       fprintf(stderr, "warden-bench: %.1fs: %ld sent, %ld accepted, %ld received, %ld errors, %ld connections live\n",
               elapsed, atomic_load(&sent), atomic_load(&completed), atomic_load(&received), atomic_load(&errors),
               atomic_load(&live_conns));
@@ -804,8 +1086,8 @@ static void on_open(bench_conn_t *bc) {
   pn_connection_t *c = bc->pn;
   pn_session_t *s = pn_session(c);
   pn_session_open(s);
-  if (opt.scenario == SC_COMMANDS) {
-    commands_open(bc, s);
+  if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) {
+    commands_open(bc, s); /* rest: device connections only */
   } else if (opt.scenario == SC_INGEST) {
     pn_link_t *l = pn_sender(s, "bench-telemetry");
     pn_terminus_set_address(pn_link_target(l), opt.address);
@@ -841,7 +1123,7 @@ static bool handle(pn_event_t *e) {
     case PN_LINK_REMOTE_OPEN: {
       pn_link_t *l = pn_event_link(e);
       if (opt.scenario == SC_DRAIN && pn_link_is_receiver(l)) mark_start(now_ns());
-      if (opt.scenario == SC_COMMANDS && bc && !bc->closing) {
+      if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && bc && !bc->closing) {
         if (!bc->is_service && l == bc->link) {
           atomic_fetch_add(&devices_ready, 1);
           maybe_go();
@@ -854,7 +1136,7 @@ static bool handle(pn_event_t *e) {
     }
 
     case PN_CONNECTION_WAKE:
-      if (bc && opt.scenario == SC_COMMANDS) {
+      if (bc && (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST)) {
         if (atomic_load(&all_done))
           close_conn(bc);
         else if (bc->is_service)
@@ -871,7 +1153,9 @@ static bool handle(pn_event_t *e) {
       pn_delivery_t *d = pn_event_delivery(e);
       pn_link_t *l = pn_event_link(e);
       if (!bc) break;
-      if (opt.scenario == SC_COMMANDS) {
+      if (opt.scenario == SC_REST) {
+        if (!pn_link_is_sender(l)) rest_device_delivery(bc, l, d);
+      } else if (opt.scenario == SC_COMMANDS) {
         if (pn_link_is_sender(l)) {
           uint64_t st = pn_delivery_remote_state(d);
           if (pn_delivery_settled(d) || st == PN_ACCEPTED || st == PN_REJECTED || st == PN_RELEASED ||
@@ -942,7 +1226,9 @@ static bool handle(pn_event_t *e) {
         pthread_mutex_unlock(&conn_lock);
         bc->link = NULL;
         /* commands: every connection is needed to the end; losing one early ends the run */
-        if (opt.scenario == SC_COMMANDS && !atomic_load(&all_done) && !atomic_load(&stopping)) stop_all();
+        if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && !atomic_load(&all_done) &&
+            !atomic_load(&stopping))
+          stop_all();
         if (atomic_fetch_sub(&live_conns, 1) == 1) finish();
       }
       break;
@@ -1078,6 +1364,7 @@ static void usage(FILE *f) {
           "       warden-bench drain  --port P --user NAME (--password PW | --password-file F) [options]\n"
           "       warden-bench commands --port P --devices FILE --user NAME (--password PW | --password-file F)\n"
           "                           [options]\n"
+          "       warden-bench rest --port P --http-port H --devices FILE (--token T | --token-file F) [options]\n"
           "\n"
           "common:  --host H (127.0.0.1)  --port P  --window W (100)  --messages M (10000)\n"
           "         --timeout SECONDS (120)  --threads T (1, proactor threads)  --progress SECONDS (0 = off)\n"
@@ -1090,7 +1377,11 @@ static void usage(FILE *f) {
           "         --messages M (10000, unpaced)  --rate R (0 = unpaced; commands/s)  --duration D (10, paced:\n"
           "         M = R x D unless --messages)  --size BYTES (256)  --device-credit C (100)  --anonymous\n"
           "         (one sender on the anonymous relay, with `to`)  --feedback (also read `feedback`; wait for\n"
-          "         one `completed` per received command)  --sas-host NAME (localhost)\n");
+          "         one `completed` per received command)  --sas-host NAME (localhost)\n"
+          "rest:    --http-port H (warden's REST port on --host)  --token T | --token-file F (bearer; commands:send)\n"
+          "         --devices FILE  --connections N (1, device connections)  --concurrency C (32, requests in\n"
+          "         flight)  --messages M (10000, unpaced)  --rate R (0 = unpaced; requests/s)  --duration D (10,\n"
+          "         paced: M = R x D unless --messages)  --size BYTES (256, at least 40)  --device-credit C (100)\n");
 }
 
 static bool parse_long(const char *s, long min, long max, long *out) {
@@ -1110,6 +1401,8 @@ static int parse_args(int argc, char **argv) {
     opt.scenario = SC_DRAIN;
   else if (strcmp(argv[1], "commands") == 0)
     opt.scenario = SC_COMMANDS;
+  else if (strcmp(argv[1], "rest") == 0)
+    opt.scenario = SC_REST;
   else
     return -1;
   bool size_given = false;
@@ -1125,6 +1418,10 @@ static int parse_args(int argc, char **argv) {
     else if (strcmp(a, "--user") == 0 && v) opt.user = v;
     else if (strcmp(a, "--password") == 0 && v) opt.password = v;
     else if (strcmp(a, "--password-file") == 0 && v) opt.password_file = v;
+    else if (strcmp(a, "--token") == 0 && v) opt.password = v;
+    else if (strcmp(a, "--token-file") == 0 && v) opt.password_file = v;
+    else if (strcmp(a, "--http-port") == 0 && v) opt.http_port = v;
+    else if (strcmp(a, "--concurrency") == 0 && v) ok = parse_long(v, 1, 10000, &opt.concurrency);
     else if (strcmp(a, "--group") == 0 && v) opt.group = v;
     else if (strcmp(a, "--connections") == 0 && v) ok = parse_long(v, 1, 100000, &opt.connections);
     else if (strcmp(a, "--window") == 0 && v) ok = parse_long(v, 1, 1000000, &opt.window);
@@ -1160,8 +1457,18 @@ static int parse_args(int argc, char **argv) {
     fprintf(stderr, "warden-bench: %s needs --devices FILE\n", argv[1]);
     return -1;
   }
-  if (opt.scenario == SC_COMMANDS) {
-    if (!opt.user || (!opt.password && !opt.password_file)) {
+  if (opt.scenario == SC_REST) {
+    if (!opt.http_port || (!opt.password && !opt.password_file)) {
+      fprintf(stderr, "warden-bench: rest needs --http-port and --token or --token-file\n");
+      return -1;
+    }
+    if (opt.size < REST_HDR) {
+      fprintf(stderr, "warden-bench: rest needs --size of at least %d (the body's header)\n", REST_HDR);
+      return -1;
+    }
+  }
+  if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) {
+    if (opt.scenario == SC_COMMANDS && (!opt.user || (!opt.password && !opt.password_file))) {
       fprintf(stderr, "warden-bench: commands needs --user and --password or --password-file (the service)\n");
       return -1;
     }
@@ -1262,6 +1569,81 @@ static int report_commands(long accepted, long errs, double secs, double rate, l
   return errs || accepted < opt.messages || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
 }
 
+/* rest: prints the JSON object and the stderr line; returns the exit status. */
+static int report_rest(long ok202, long errs, double secs, double rate, long nl) {
+  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
+  if (nl > 0) {
+    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
+    a50 = percentile_ms(latencies, nl, 0.50);
+    a99 = percentile_ms(latencies, nl, 0.99);
+    a999 = percentile_ms(latencies, nl, 0.999);
+  }
+  long nr = atomic_load(&n_recv_lat);
+  if (nr > opt.messages) nr = opt.messages;
+  if (nr > 0) {
+    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
+    p50 = percentile_ms(recv_lat, nr, 0.50);
+    p99 = percentile_ms(recv_lat, nr, 0.99);
+    p999 = percentile_ms(recv_lat, nr, 0.999);
+  }
+  long uniq = atomic_load(&received_unique);
+  long missing = ok202 > uniq ? ok202 - uniq : 0;
+  long dups = atomic_load(&duplicates), ooo = atomic_load(&out_of_order), mis = atomic_load(&misrouted);
+  long bad = atomic_load(&malformed);
+  errs += missing + dups + ooo + mis + bad;
+  int64_t t0 = atomic_load(&t_start_ns), tr = atomic_load(&t_last_recv_ns);
+  double dsecs = t0 && tr > t0 ? (double)(tr - t0) / 1e9 : 0.0;
+  double drate = dsecs > 0 ? (double)uniq / dsecs : 0.0;
+
+  printf("{\"scenario\":\"rest\",\"connections\":%ld,\"window\":%ld,\"concurrency\":%ld,\"size\":%ld,", n_devices,
+         opt.concurrency, opt.concurrency, opt.size);
+  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, ok202);
+  json_num("seconds", secs, false);
+  json_num("rate", rate, false);
+  json_num("p50_ms", p50, false);
+  json_num("p99_ms", p99, false);
+  json_num("p999_ms", p999, false);
+  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
+  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
+  if (opt.rate > 0) {
+    json_num("target_rate", opt.rate, false);
+    printf("\"duration\":%ld,", opt.messages_given ? (long)ceil((double)opt.messages / opt.rate) : opt.duration_s);
+    json_num("max_send_lag_ms", (double)rest_max_lag_ns / 1e6, false);
+  } else {
+    printf("\"target_rate\":null,\"duration\":null,\"max_send_lag_ms\":null,");
+  }
+  printf("\"device_credit\":%ld,", opt.device_credit);
+  json_num("accept_p50_ms", a50, false);
+  json_num("accept_p99_ms", a99, false);
+  json_num("accept_p999_ms", a999, false);
+  printf("\"http_errors\":%ld,\"http_status\":{", http_errors);
+  bool first = true;
+  for (int c = 0; c < 600; c++)
+    if (http_status[c]) printf("%s\"%d\":%ld", first ? "" : ",", c, http_status[c]), first = false;
+  printf("},\"unanswered\":%ld,\"http_connections\":%ld,\"max_in_flight\":%ld,", rest_unanswered, http_connections,
+         rest_max_active);
+  printf("\"received\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"out_of_order\":%ld,\"misrouted\":%ld,"
+         "\"malformed\":%ld,\"stale\":%ld,",
+         uniq, missing, dups, ooo, mis, bad, atomic_load(&stale));
+  json_num("delivered_seconds", dsecs, false);
+  json_num("delivered_rate", drate, false);
+  printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
+  fflush(stdout);
+
+  char pace[64] = "unpaced";
+  if (opt.rate > 0)
+    snprintf(pace, sizeof pace, "paced %.0f/s (max lag %.1f ms)", opt.rate, (double)rest_max_lag_ns / 1e6);
+  fprintf(stderr,
+          "warden-bench rest: %ld devices, concurrency %ld (%ld HTTP connections opened), %ld B, %s: %ld/%ld answered "
+          "202 in %.2f s = %.0f req/s (202 p50 %.2f p99 %.2f p99.9 %.2f ms); %ld received in %.2f s = %.0f cmd/s; "
+          "send->device latency p50 %.2f ms p99 %.2f ms p99.9 %.2f ms; %ld errors (%ld HTTP, %ld unanswered, %ld "
+          "missing, %ld dup, %ld out of order, %ld misrouted, %ld malformed)%s\n",
+          n_devices, opt.concurrency, http_connections, opt.size, pace, ok202, opt.messages, secs, rate, a50, a99,
+          a999, uniq, dsecs, drate, p50, p99, p999, errs, http_errors, rest_unanswered, missing, dups, ooo, mis, bad,
+          atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+  return errs || ok202 < opt.messages || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
     usage(stdout);
@@ -1296,7 +1678,7 @@ int main(int argc, char **argv) {
     }
     atomic_store(&pool, opt.messages);
   } else {
-    if (opt.scenario == SC_COMMANDS && load_devices() < 0) return 2;
+    if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && load_devices() < 0) return 2;
     if (opt.password_file) {
       size_t len;
       file_password = wd_read_file(opt.password_file, &len);
@@ -1324,6 +1706,24 @@ int main(int argc, char **argv) {
       for (long i = 0; i < opt.size; i++) cmd_payload[i] = (uint8_t)('a' + i % 26);
       if (wd_random_bytes(&run_id, sizeof run_id) < 0) run_id = (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
       snprintf(run_hex, sizeof run_hex, "%016" PRIx64, run_id);
+    } else if (opt.scenario == SC_REST) {
+      rest_token = opt.password;
+      size_t blen = strlen(opt.host) + strlen(opt.http_port) + 16;
+      rest_base = malloc(blen);
+      latencies = malloc((size_t)opt.messages * sizeof *latencies);
+      recv_lat = malloc((size_t)opt.messages * sizeof *recv_lat);
+      seen = calloc((size_t)opt.messages, sizeof *seen);
+      rest_t202 = calloc((size_t)opt.messages, sizeof *rest_t202);
+      if (!rest_base || !latencies || !recv_lat || !seen || !rest_t202) {
+        fprintf(stderr, "warden-bench: out of memory for %ld commands\n", opt.messages);
+        return 1;
+      }
+      snprintf(rest_base, blen, strchr(opt.host, ':') ? "http://[%s]:%s" : "http://%s:%s", opt.host, opt.http_port);
+      if (wd_random_bytes(&run_id, sizeof run_id) < 0) run_id = (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+      if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "warden-bench: curl_global_init failed\n");
+        return 1;
+      }
     } else {
       conns[0].password = strdup(opt.password);
     }
@@ -1335,12 +1735,25 @@ int main(int argc, char **argv) {
   for (long i = 0; i < n_conns; i++) start_connection(&conns[i]);
   pn_proactor_set_timeout(proactor, opt.scenario == SC_COMMANDS && opt.rate > 0 ? 1 : TICK_MS);
 
-  pthread_t th[MAX_THREADS];
+  pthread_t th[MAX_THREADS], rest_th;
+  bool rest_started = false;
+  if (opt.scenario == SC_REST) {
+    rest_started = pthread_create(&rest_th, NULL, rest_main, NULL) == 0;
+    if (!rest_started) {
+      fprintf(stderr, "warden-bench: cannot start the REST thread\n");
+      atomic_fetch_add(&errors, 1);
+      stop_all();
+    }
+  }
   long started = 0;
   for (; started < opt.threads - 1; started++)
     if (pthread_create(&th[started], NULL, worker, NULL) != 0) break;
   worker(NULL);
   for (long i = 0; i < started; i++) pthread_join(th[i], NULL);
+  if (rest_started) {
+    stop_all(); /* normally a no-op: the REST client has finished before the devices close */
+    pthread_join(rest_th, NULL);
+  }
 
   /* ---- report */
   long done = atomic_load(&completed), errs = atomic_load(&errors);
@@ -1357,6 +1770,25 @@ int main(int argc, char **argv) {
     p999 = percentile_ms(latencies, nl, 0.999);
   }
   bool incomplete = done < opt.messages;
+  if (opt.scenario == SC_REST) {
+    int rc = report_rest(done, errs, secs, rate, nl);
+    pn_proactor_free(proactor);
+    for (long i = 0; i < n_conns; i++) {
+      free(conns[i].device_id);
+      if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
+      free(conns[i].password);
+    }
+    free(conns);
+    free(latencies);
+    free(recv_lat);
+    free(seen);
+    free(rest_t202);
+    free(rest_base);
+    if (file_password) explicit_bzero(file_password, strlen(file_password));
+    free(file_password);
+    curl_global_cleanup();
+    return rc;
+  }
   if (opt.scenario == SC_COMMANDS) {
     int rc = report_commands(done, errs, secs, rate, nl);
     pn_proactor_free(proactor);
