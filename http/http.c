@@ -216,6 +216,9 @@ static enum MHD_Result answer_store_error(wd_http_req_t *r, int rc) {
   switch (rc) {
     case WD_ERR_NOT_FOUND: return answer_error(r, status, code, "device %s not found", r->route.id);
     case WD_ERR_FULL: return answer_error(r, status, code, "the store is full; try again later");
+    case WD_ERR_BUSY:
+      r->retry_after = "10";
+      return answer_error(r, status, code, "the store is nearly full; try again when consumers have drained it");
     case WD_ERR_SHUTDOWN: return answer_error(r, status, code, "the server is shutting down");
     default: break;
   }

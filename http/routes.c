@@ -399,6 +399,7 @@ unsigned wd_http__err_status(int rc, const char **code) {
     case WD_ERR_NOT_FOUND: *code = "not_found"; return 404;
     case WD_ERR_EXISTS: *code = "conflict"; return 409;
     case WD_ERR_FULL: *code = "store_full"; return 503;
+    case WD_ERR_BUSY: *code = "store_busy"; return 503;
     case WD_ERR_SHUTDOWN: *code = "shutting_down"; return 503;
     case WD_ERR_LIMIT: *code = "limit_reached"; return 503;
     default: *code = "internal_error"; return 500;

@@ -463,6 +463,16 @@ static void on_connection_bound(wd_conn_t *c, pn_transport_t *t) {
   pn_transport_close_head(t);
 }
 
+/* The store has room again: give every inbound link its credit back. */
+static void top_up_job(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
+    wd_link_ctx_t *lc = pn_link_get_context(l);
+    if (lc && pn_link_is_receiver(l)) wd_amqp__top_up_PT(l, lc, c->amqp);
+  }
+}
+
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
   bool *tls_flag = pn_listener_get_context(l);
   bool tls = *tls_flag;
@@ -581,6 +591,9 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
       break;
     case PN_PROACTOR_TIMEOUT:
       if (!atomic_load(&a->stopping)) {
+        bool pressure = wd_store_under_pressure(a->store);
+        if (a->pressure && !pressure) wd_amqp__post_all(a, top_up_job); /* flow resumes by itself */
+        a->pressure = pressure;
         wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
         wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
         wd_amqp__waiters_expire(a, wd_mono_ms());

@@ -92,6 +92,7 @@ static const char *enqueue_condition(int rc, const char **description) {
     case WD_ERR_DISABLED: *description = "the device is disabled"; return "amqp:precondition-failed";
     case WD_ERR_LIMIT: *description = "the device's queue is full"; return "amqp:resource-limit-exceeded";
     case WD_ERR_FULL: *description = "the store is full"; return "amqp:resource-limit-exceeded";
+    case WD_ERR_BUSY: *description = "the store is nearly full; try again later"; return "amqp:resource-limit-exceeded";
     case WD_ERR_INVALID: *description = "invalid message"; return "amqp:invalid-field";
     case WD_ERR_SHUTDOWN: *description = "warden is shutting down"; return "amqp:connection:forced";
     default: *description = wd_err_str(rc); return "amqp:internal-error";

@@ -124,6 +124,7 @@ struct wd_amqp {
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
+  bool pressure; /* the store's pressure at the last tick; the timer's (one at a time) */
 
   pthread_mutex_t waiters_lock; /* REST requests waiting for a device's response */
   struct wd_waiter *waiters;

@@ -36,6 +36,8 @@ typedef struct {
 
 void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (lc->closed || atomic_load(&a->stopping)) return;
+  /* A nearly full store grants devices no new credit: nothing is dropped, they wait. */
+  if (lc->log && wd_store_under_pressure(a->store)) return;
   int credit = pn_link_credit(link);
   int outstanding = credit + lc->pending_commits;
   if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
@@ -106,8 +108,8 @@ static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
       if (j->rc == WD_OK) {
         pn_delivery_update(j->delivery, PN_ACCEPTED);
         pn_delivery_settle(j->delivery);
-      } else if (j->rc == WD_ERR_FULL) {
-        wd_amqp__reject_PT(j->delivery, "amqp:resource-limit-exceeded", "the store is full");
+      } else if (j->rc == WD_ERR_FULL || j->rc == WD_ERR_BUSY) {
+        wd_amqp__reject_PT(j->delivery, "amqp:resource-limit-exceeded", "the store is full; try again later");
       } else {
         wd_amqp__reject_PT(j->delivery, "amqp:internal-error", wd_err_str(j->rc));
       }
@@ -138,7 +140,7 @@ void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) 
   pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
   pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
   pn_link_open(link);
-  pn_link_flow(link, WD_CREDIT_WINDOW);
+  wd_amqp__top_up_PT(link, lc, c->amqp);
 }
 
 /* The payload of a response as bytes: a data section or a string value as

@@ -66,10 +66,18 @@ struct wd_store {
   int n_listeners;
 
   _Atomic uint64_t commits, commit_failures_full;
+  _Atomic uint64_t used_pages; /* data pages in use, measured after commits */
+  unsigned page_size;
+  _Atomic bool pressure;
+  uint64_t txn_bytes; /* appended by the open transaction; the writer's */
 };
 
 /* Queues an op for the writer. Returns WD_ERR_SHUTDOWN if the store is closing. */
 int wd_store__submit(wd_store_t *s, wd_store__op_t *op);
+
+/* True (and counted) if an append of len bytes leaves the reserve that keeps
+ * deletes possible; false when the store is too full for it. Writer only. */
+bool wd_store__append_room(wd_store_t *s, size_t len);
 
 /* Maps an LMDB return code to a wd_err_t. */
 int wd_store__map_rc(int mdb_rc);

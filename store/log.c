@@ -378,6 +378,8 @@ typedef struct {
 
 static int apply_append(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
   append_op_t *op = (append_op_t *)base;
+  /* Pages fill about half: count a record twice. */
+  if (!wd_store__append_room(s, 2 * op->len + 128)) return WD_ERR_BUSY;
   return wd_store__log_put(s, txn, op->log, op->data, op->len, op->seq_offset);
 }
 

@@ -464,6 +464,8 @@ static int blob_set_refs(wd_store_t *s, MDB_txn *txn, uint64_t id, uint32_t refs
 
 static int apply_enqueue(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
   enqueue_op_t *op = (enqueue_op_t *)base;
+  /* What is in the store keeps its room: new messages wait for consumers to drain it. */
+  if (atomic_load(&s->pressure)) return WD_ERR_BUSY;
   if (!op->to_group) return enqueue_one(s, txn, op, op->target, 0, &op->result);
 
   uint64_t blob_id;

@@ -19,6 +19,9 @@
 
 #define MAX_OPS_PER_COMMIT 4096
 #define IDLE_TICK_MS 100 /* how often an idle writer persists consumer-group progress */
+#define PRESSURE_ON_PERCENT 90
+#define PRESSURE_OFF_PERCENT 80
+#define APPEND_STOP_PERCENT 95 /* the rest stays free: deletes need pages too (copy-on-write) */
 
 static const char schema_key[] = "schema_version";
 
@@ -88,6 +91,7 @@ static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rc
   int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (rc != MDB_SUCCESS) return wd_store__map_rc(rc);
   bool persisted = false;
+  s->txn_bytes = 0;
   wd_store__op_t *op = ops;
   for (size_t i = 0; i < count; i++, op = op->next) {
     rcs[i] = op->apply(s, txn, op);
@@ -120,12 +124,50 @@ fail:
   return rc;
 }
 
+/* Measures the pages holding data (the file itself never shrinks: LMDB
+ * reuses freed pages) and turns pressure on or off. Writer thread. */
+static void measure(wd_store_t *s) {
+  MDB_txn *txn;
+  if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != MDB_SUCCESS) return;
+  const MDB_dbi dbis[] = {s->dbi_meta,   s->dbi_devices,    s->dbi_thumbprints, s->dbi_members,
+                          s->dbi_logs,   s->dbi_records,    s->dbi_groups,      s->dbi_queues,
+                          s->dbi_queue_meta, s->dbi_blobs,  s->dbi_expiry,      s->dbi_commands};
+  uint64_t pages = 2; /* the meta pages */
+  MDB_stat st;
+  if (mdb_stat(txn, 0, &st) == MDB_SUCCESS) pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  if (mdb_stat(txn, 1, &st) == MDB_SUCCESS) pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++)
+    if (mdb_stat(txn, dbis[i], &st) == MDB_SUCCESS) pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  mdb_txn_abort(txn);
+  atomic_store(&s->used_pages, pages);
+  uint64_t used = pages * s->page_size;
+  bool was = atomic_load(&s->pressure);
+  bool now = was ? used * 100 > s->map_size * PRESSURE_OFF_PERCENT : used * 100 > s->map_size * PRESSURE_ON_PERCENT;
+  if (now != was) {
+    atomic_store(&s->pressure, now);
+    wd_log("store", now ? WD_LOG_WARNING : WD_LOG_INFO,
+           now ? "store %llu%% full: refusing new work until consumers drain it"
+               : "store down to %llu%%: accepting new work again",
+           (unsigned long long)(used * 100 / s->map_size));
+  }
+}
+
+bool wd_store_under_pressure(wd_store_t *s) { return atomic_load(&s->pressure); }
+
+bool wd_store__append_room(wd_store_t *s, size_t len) {
+  uint64_t used = atomic_load(&s->used_pages) * s->page_size + s->txn_bytes + len;
+  if (used * 100 > s->map_size * APPEND_STOP_PERCENT) return false;
+  s->txn_bytes += len;
+  return true;
+}
+
 /* Commits a batch; when the store is full, falls back to one op per commit so
  * that every op that still fits is stored and only the rest fail. */
 static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
   int *rcs = calloc(count ? count : 1, sizeof *rcs);
   int rc = rcs ? apply_batch(s, ops, count, rcs) : WD_ERR_NOMEM;
   if (rc == WD_OK) {
+    measure(s);
     wd_store__op_t *op = ops;
     for (size_t i = 0; i < count; i++) {
       wd_store__op_t *next = op->next;
@@ -290,6 +332,8 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     free(s);
     return WD_ERR_CORRUPT;
   }
+  MDB_stat env_stat;
+  s->page_size = mdb_env_stat(s->env, &env_stat) == MDB_SUCCESS ? env_stat.ms_psize : 4096;
   int stale = 0;
   mdb_reader_check(s->env, &stale); /* reader slots of a process that was killed */
   if (stale > 0) wd_log("store", WD_LOG_INFO, "cleared %d stale reader slots", stale);
@@ -302,6 +346,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     free(s);
     return rc;
   }
+  measure(s);
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
     wd_store__logs_free(s);
     mdb_env_close(s->env);
@@ -342,7 +387,8 @@ void wd_store_stats(wd_store_t *s, wd_store_stats_t *out) {
   mdb_env_info(s->env, &info);
   mdb_env_stat(s->env, &st);
   out->map_size = s->map_size;
-  out->used_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
+  out->file_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
+  out->used_bytes = atomic_load(&s->used_pages) * st.ms_psize;
   out->commits = atomic_load(&s->commits);
   out->commit_failures_full = atomic_load(&s->commit_failures_full);
 }

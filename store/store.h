@@ -34,10 +34,16 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out);
  * Work submitted after close began gets WD_ERR_SHUTDOWN. Accepts NULL. */
 void wd_store_close(wd_store_t *s);
 
+/* True while the store is nearly full (over 90% of max_size in use, until it
+ * drops under 80%): accepted work still commits, but new work should wait.
+ * Enqueues are refused with WD_ERR_BUSY meanwhile. Thread-safe. */
+bool wd_store_under_pressure(wd_store_t *s);
+
 /* Size facts for metrics. Thread-safe. */
 typedef struct {
   uint64_t map_size;    /* the configured limit */
-  uint64_t used_bytes;  /* pages in use */
+  uint64_t used_bytes;  /* pages holding data now */
+  uint64_t file_bytes;  /* pages the file has grown to */
   uint64_t commits, commit_failures_full;
 } wd_store_stats_t;
 void wd_store_stats(wd_store_t *s, wd_store_stats_t *out);
@@ -135,8 +141,9 @@ typedef void (*wd_store_done_fn)(void *ctx, int rc);
 
 /* Appends one record. The writer assigns its number and, when seq_offset !=
  * SIZE_MAX, writes it as a big-endian u64 at data[seq_offset] (so a record may
- * carry its own number). data: taken on WD_OK; on error the caller keeps it.
- * Thread-safe. */
+ * carry its own number). `done` gets WD_ERR_BUSY when the store is too full to
+ * take it (a reserve stays free so that deletes always commit). data: taken on
+ * WD_OK; on error the caller keeps it. Thread-safe. */
 int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_offset, wd_store_done_fn done,
                         void *ctx);
 
@@ -213,7 +220,7 @@ typedef struct {
 
 /* rc: WD_OK; WD_ERR_NOT_FOUND (no such device or group); WD_ERR_DISABLED
  * (device disabled); WD_ERR_LIMIT (the device's queue is at its limit);
- * WD_ERR_FULL. `count` is the sequence number given (append) or the number of
+ * WD_ERR_BUSY (the store is nearly full); WD_ERR_FULL. `count` is the sequence number given (append) or the number of
  * devices reached (group). */
 typedef void (*wd_store_enqueue_done_fn)(void *ctx, int rc, uint64_t count);
 

@@ -23,6 +23,7 @@ const char *wd_err_str(int rc) {
     case WD_ERR_DENIED: return "access denied";
     case WD_ERR_LIMIT: return "limit reached";
     case WD_ERR_DISABLED: return "device disabled";
+    case WD_ERR_BUSY: return "store nearly full";
     default: return rc > 0 ? "ok" : "unknown error";
   }
 }
