@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "gateway/base/log.h"
+#include "protocol/driver.h"
 #include "protocol/internal.h"
 
 #define TICK_MS 1000
@@ -473,6 +474,17 @@ static void top_up_job(wd_conn_t *c, void *arg, bool discard) {
   }
 }
 
+/* What every accepted connection gets before its first byte. */
+static void setup_accepted(wd_amqp_t *a, wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t, bool tls) {
+  pn_connection_set_context(pc, c);
+  pn_transport_set_server(t);
+  wd_amqp__sasl_install(a, t, tls);
+  if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
+  pn_transport_set_idle_timeout(t, a->cfg.idle_timeout_ms);
+  if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
+  if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
+}
+
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
   bool *tls_flag = pn_listener_get_context(l);
   bool tls = *tls_flag;
@@ -497,13 +509,7 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
       pn_connection_close(pc);
       return;
     }
-    pn_connection_set_context(pc, c);
-    pn_transport_set_server(t);
-    wd_amqp__sasl_install(a, t, tls);
-    if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
-    pn_transport_set_idle_timeout(t, a->cfg.idle_timeout_ms);
-    if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
-    if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
+    setup_accepted(a, c, pc, t, tls);
     pn_listener_accept2(l, pc, t);
   } else if (pn_event_type(e) == PN_LISTENER_CLOSE) {
     pn_condition_t *cond = pn_listener_condition(l);
@@ -625,3 +631,13 @@ void wd_amqp_run(wd_amqp_t *a) {
     }
   }
 }
+
+int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, bool tls) {
+  if (tls && !a->ssl_domain) return WD_ERR_INVALID;
+  wd_conn_t *c = wd_amqp__conn_new(a, pc, tls);
+  if (!c) return WD_ERR_NOMEM;
+  setup_accepted(a, c, pc, t, tls);
+  return WD_OK;
+}
+
+void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e) { handle(a, e); }
