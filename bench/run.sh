@@ -92,6 +92,7 @@ cat >"$tmp/warden.ini" <<EOF
 path = $tmp/data
 max_size = 4G
 [amqp]
+device_rate = 0
 listen = 127.0.0.1:0
 tls_listen =
 [http]

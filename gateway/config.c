@@ -135,6 +135,7 @@ static const key_t_ keys[] = {
     {"amqp", "max_frame_size", T_SIZE, OFF(max_frame_size), 512, 16u << 20},
     {"amqp", "max_sessions", T_COUNT, OFF(max_sessions), 1, 65536},
     {"amqp", "max_links", T_COUNT, OFF(max_links), 1, 65536},
+    {"amqp", "device_rate", T_COUNT, OFF(device_rate), 0, 10000000},
     {"auth", "failures_per_address", T_COUNT, OFF(auth_failures_per_address), 1, 1000000},
     {"auth", "block_time", T_SECONDS, OFF(auth_block_s), 1, 86400},
     {"http", "listen", T_LISTEN, OFF(http_listen), 0, 0},
@@ -234,6 +235,7 @@ static int set_defaults(wd_config_t *cfg) {
   cfg->max_links = 64;
   cfg->auth_failures_per_address = 20;
   cfg->auth_block_s = 60;
+  cfg->device_rate = 5000;
   cfg->default_ttl_s = 3600;
   cfg->max_ttl_s = 7 * 86400;
   cfg->queue_limit = 50;

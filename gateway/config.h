@@ -29,6 +29,7 @@ typedef struct {
   uint32_t max_message_size, max_connections;
   uint32_t max_connections_per_address, sasl_timeout_s, max_frame_size, max_sessions, max_links;
   uint32_t auth_failures_per_address, auth_block_s;
+  uint32_t device_rate; /* messages per second a device may send; 0: no limit */
 
   char *http_listen, *http_tls_cert, *http_tls_key;
 

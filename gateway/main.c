@@ -189,6 +189,7 @@ static int serve(const char *config_path) {
       .max_links = cfg->max_links,
       .auth_failures_per_address = cfg->auth_failures_per_address,
       .auth_block_ms = cfg->auth_block_s * 1000,
+      .device_rate = cfg->device_rate,
       .default_ttl_ms = (uint64_t)cfg->default_ttl_s * 1000,
       .max_ttl_ms = (uint64_t)cfg->max_ttl_s * 1000,
       .queue_limit = cfg->queue_limit,

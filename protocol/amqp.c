@@ -604,6 +604,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
         wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
         wd_amqp__waiters_expire(a, wd_mono_ms());
         wd_amqp__post_unadmitted(a, wd_mono_ms(), abort_connection);
+        wd_amqp__post_throttled(a, top_up_job);
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;

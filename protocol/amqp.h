@@ -36,6 +36,7 @@ typedef struct {
   uint32_t max_sessions, max_links;   /* per connection */
   uint32_t auth_failures_per_address; /* within a minute; then the address is refused for auth_block_ms */
   uint32_t auth_block_ms;
+  uint32_t device_rate;               /* messages per second per device connection; 0: no limit */
   uint64_t default_ttl_ms, max_ttl_ms; /* commands and notifications */
   uint32_t queue_limit;                /* a device's queue, unless its registry entry says otherwise */
   uint32_t max_delivery_count;

@@ -172,6 +172,12 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
     if (*pp) *pp = c->consumer_next;
     c->in_consumer_list = false;
   }
+  if (c->throttled) {
+    pp = &a->throttled;
+    while (*pp && *pp != c) pp = &(*pp)->throttled_next;
+    if (*pp) *pp = c->throttled_next;
+    c->throttled = false;
+  }
   if (c->in_closing_list) {
     pp = &a->closing;
     while (*pp && *pp != c) pp = &(*pp)->closing_next;
@@ -411,5 +417,29 @@ void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now, wd_job_fn fn) {
       }
     }
   }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__conn_throttle(wd_conn_t *c) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  if (!c->throttled && !c->gone) {
+    c->throttled = true;
+    c->throttled_next = a->throttled;
+    a->throttled = c;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_throttled(wd_amqp_t *a, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (wd_conn_t *c = a->throttled, *next; c; c = next) {
+    next = c->throttled_next;
+    c->throttled = false;
+    c->throttled_next = NULL;
+    wd_job_t *job = malloc(sizeof *job);
+    if (job) post_locked(c, fn, NULL, job);
+  }
+  a->throttled = NULL;
   pthread_mutex_unlock(&a->conns_lock);
 }

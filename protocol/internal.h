@@ -66,6 +66,8 @@ struct wd_conn {
   wd_peer_addr_t *peer;       /* its source address, once bound */
   int64_t accepted_mono_ms;   /* SASL must finish within sasl_timeout of this */
   bool admitted;              /* authenticated and opened */
+  wd_conn_t *throttled_next;  /* list of device connections waiting for their rate to allow credit */
+  bool throttled;
   wd_job_t *jobs_head, *jobs_tail;
   bool gone;                  /* transport closed: posts run discarded */
   wd_conn_t *by_id_next;      /* hash chain by id */
@@ -80,6 +82,8 @@ struct wd_conn {
   int64_t close_deadline_ms;  /* monotonic */
 
   /* Owned by the connection's batches. */
+  double rate_tokens;         /* messages the device may still be granted (device_rate) */
+  int64_t rate_refill_ms;
   _Atomic int64_t *gauge; /* the connections gauge it counts in, once open */
   int n_links;
   bool closing;
@@ -121,6 +125,7 @@ struct wd_amqp {
   uint64_t next_conn_id;
   wd_conn_t *consumers;
   wd_conn_t *closing;
+  wd_conn_t *throttled;
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
@@ -171,6 +176,10 @@ void wd_amqp__conn_admitted(wd_conn_t *c);
 /* Posts fn to connections still not admitted sasl_timeout after accept, and
  * forgets idle address entries. */
 void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
+
+/* Parks c until its rate allows credit again; wd_amqp__post_throttled posts fn to each parked one. */
+void wd_amqp__conn_throttle(wd_conn_t *c);
+void wd_amqp__post_throttled(wd_amqp_t *a, wd_job_fn fn);
 
 /* Remembers that c was closed by us; past the deadline wd_amqp__post_overdue posts fn to it. */
 void wd_amqp__conn_closing(wd_conn_t *c, int64_t deadline_mono_ms);

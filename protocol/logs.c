@@ -34,13 +34,36 @@ typedef struct {
   int rc;
 } commit_job_t;
 
+/* How much of `want` a device's rate allows now; spends it. A device with
+ * none left and nothing in flight is parked until the tick. */
+static int rate_allows(wd_conn_t *c, pn_link_t *link, int want) {
+  uint32_t rate = c->amqp->cfg.device_rate;
+  if (!rate || !c->who.is_device) return want;
+  int64_t now = wd_mono_ms();
+  if (c->rate_refill_ms == 0) {
+    c->rate_tokens = rate; /* a second's worth to start */
+  } else {
+    c->rate_tokens += (double)(now - c->rate_refill_ms) * rate / 1000.0;
+    if (c->rate_tokens > rate) c->rate_tokens = rate;
+  }
+  c->rate_refill_ms = now;
+  int n = c->rate_tokens < want ? (int)c->rate_tokens : want;
+  c->rate_tokens -= n;
+  if (n < want && pn_link_credit(link) + n == 0) wd_amqp__conn_throttle(c);
+  return n;
+}
+
 void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (lc->closed || atomic_load(&a->stopping)) return;
   /* A nearly full store grants devices no new credit: nothing is dropped, they wait. */
   if (lc->log && wd_store_under_pressure(a->store)) return;
   int credit = pn_link_credit(link);
   int outstanding = credit + lc->pending_commits;
-  if (outstanding < WD_CREDIT_WINDOW / 2) pn_link_flow(link, WD_CREDIT_WINDOW - outstanding);
+  if (outstanding >= WD_CREDIT_WINDOW / 2) return;
+  /* A device over its rate gets no credit: it waits, nothing is dropped. */
+  wd_conn_t *c = pn_connection_get_context(pn_session_connection(pn_link_session(link)));
+  int n = c ? rate_allows(c, link, WD_CREDIT_WINDOW - outstanding) : WD_CREDIT_WINDOW - outstanding;
+  if (n > 0) pn_link_flow(link, n);
 }
 
 void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description) {
