@@ -126,6 +126,7 @@ static const key_t_ keys[] = {
     {"amqp", "tls_cert", T_STRING, OFF(amqp_tls_cert), 0, 0},
     {"amqp", "tls_key", T_STRING, OFF(amqp_tls_key), 0, 0},
     {"amqp", "tls_ca", T_STRING, OFF(amqp_tls_ca), 0, 0},
+    {"amqp", "tls_ciphers", T_STRING, OFF(amqp_tls_ciphers), 0, 0},
     {"amqp", "idle_timeout", T_SECONDS, OFF(idle_timeout_s), 1, 86400},
     {"amqp", "max_idle_timeout", T_SECONDS, OFF(max_idle_timeout_s), 1, 7 * 86400},
     {"amqp", "max_message_size", T_SIZE, OFF(max_message_size), 1024, 64u << 20},
@@ -334,7 +335,7 @@ int wd_config_load(const char *path, wd_config_t **out, char *err, size_t errcap
 void wd_config_free(wd_config_t *cfg) {
   if (!cfg) return;
   char **strings[] = {&cfg->hostname,        &cfg->log_level,       &cfg->store_path,    &cfg->amqp_listen,
-                      &cfg->amqp_tls_listen, &cfg->amqp_tls_cert,   &cfg->amqp_tls_key,  &cfg->amqp_tls_ca,
+                      &cfg->amqp_tls_listen, &cfg->amqp_tls_cert,   &cfg->amqp_tls_key,  &cfg->amqp_tls_ca, &cfg->amqp_tls_ciphers,
                       &cfg->http_listen,     &cfg->http_tls_cert,   &cfg->http_tls_key,  &cfg->jwt_issuer,
                       &cfg->jwt_public_key,  &cfg->jwt_audience, &cfg->upstream_url,    &cfg->upstream_device_id, &cfg->upstream_key,
                       &cfg->upstream_ca};

@@ -24,7 +24,7 @@ typedef struct {
   uint64_t store_max_size;
 
   char *amqp_listen, *amqp_tls_listen;
-  char *amqp_tls_cert, *amqp_tls_key, *amqp_tls_ca;
+  char *amqp_tls_cert, *amqp_tls_key, *amqp_tls_ca, *amqp_tls_ciphers;
   uint32_t idle_timeout_s, max_idle_timeout_s;
   uint32_t max_message_size, max_connections;
   uint32_t max_connections_per_address, sasl_timeout_s, max_frame_size, max_sessions, max_links;

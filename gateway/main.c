@@ -178,6 +178,7 @@ static int serve(const char *config_path) {
       .tls_cert = tls_cert,
       .tls_key = tls_key,
       .tls_ca = cfg->amqp_tls_ca,
+      .tls_ciphers = cfg->amqp_tls_ciphers,
       .idle_timeout_ms = cfg->idle_timeout_s * 1000,
       .max_idle_timeout_ms = cfg->max_idle_timeout_s * 1000,
       .max_message_size = cfg->max_message_size,

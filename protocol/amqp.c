@@ -33,6 +33,7 @@ static void free_config(wd_amqp_config_t *cfg) {
   free((char *)cfg->tls_cert);
   free((char *)cfg->tls_key);
   free((char *)cfg->tls_ca);
+  free((char *)cfg->tls_ciphers);
   for (size_t i = 0; i < cfg->n_services; i++) {
     free((char *)cfg->services[i].name);
     free((char *)cfg->services[i].secret);
@@ -49,6 +50,7 @@ static int copy_config(wd_amqp_config_t *dst, const wd_amqp_config_t *src) {
   dst->tls_cert = dup_or_null(src->tls_cert);
   dst->tls_key = dup_or_null(src->tls_key);
   dst->tls_ca = dup_or_null(src->tls_ca);
+  dst->tls_ciphers = dup_or_null(src->tls_ciphers);
   wd_amqp_service_t *svc = calloc(src->n_services ? src->n_services : 1, sizeof *svc);
   dst->services = svc;
   if (!svc || !dst->hostname) return WD_ERR_NOMEM;
@@ -75,6 +77,13 @@ static int make_ssl_domain(wd_amqp_t *a) {
     return WD_ERR_INVALID;
   }
   pn_ssl_domain_set_protocols(d, "TLSv1.2 TLSv1.3");
+  /* Forward secrecy and AEAD only for TLS 1.2 (TLS 1.3's suites all are). */
+  const char *ciphers = cfg->tls_ciphers ? cfg->tls_ciphers : "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL";
+  if (pn_ssl_domain_set_ciphers(d, ciphers) != 0) {
+    wd_log("amqp", WD_LOG_ERROR, "[amqp] tls_ciphers: OpenSSL accepts none of '%s'", ciphers);
+    pn_ssl_domain_free(d);
+    return WD_ERR_INVALID;
+  }
   /* Proton 0.37 keeps the SSL_CTX* as the first member of its domain and offers
      no call for the session id context, which resumption needs once client
      certificates are requested; nor for optional client certificates. */

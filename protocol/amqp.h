@@ -26,6 +26,7 @@ typedef struct {
   const char *listen;     /* plain AMQP "host:port", NULL/"" for none */
   const char *tls_listen; /* AMQPS "host:port", NULL/"" for none */
   const char *tls_cert, *tls_key, *tls_ca; /* PEM paths; tls_ca enables client certificates */
+  const char *tls_ciphers; /* OpenSSL cipher list for TLS 1.2; NULL: ECDHE with AES-GCM or ChaCha20 only */
   uint32_t idle_timeout_ms;
   uint32_t max_idle_timeout_ms;
   uint32_t max_message_size;
