@@ -238,6 +238,7 @@ static enum MHD_Result answer_json(wd_http_req_t *r, unsigned status, json_t *j 
 static json_t *device_render(wd_http_t *h, const wd_device_t *d, const char *key_b64) {
   wd_http_live_t live = {0};
   if (h->ops.device_connected) live.connected = h->ops.device_connected(h->ops.ctx, d->id, &live.last_seen_ms);
+  if (!live.connected) wd_store_presence_get(h->store, d->id, &live.last_seen_ms); /* a sleeping device */
   uint32_t depth = 0;
   if (wd_store_queue_depth(h->store, d->id, &depth) == WD_OK) live.queue_depth = depth;
   return wd_http__device_render(d, &live, h->default_queue_limit, key_b64);
@@ -371,6 +372,7 @@ static enum MHD_Result device_get(wd_http_req_t *r) {
 }
 
 static bool may_reach_device(wd_http_req_t *r, const char *id);
+static bool listed(char **ids, size_t n, const char *id);
 
 static enum MHD_Result device_list(wd_http_req_t *r) {
   wd_http_t *h = r->h;
@@ -466,6 +468,27 @@ static enum MHD_Result put_update(wd_http_req_t *r) {
   return submit(r, WD_DEVICE_UPDATE, &c);
 }
 
+/* A restricted caller may list as peers only devices it reaches and groups it
+ * holds: otherwise it could let its device command others. */
+static bool peers_allowed(wd_http_req_t *r, const char *peers, char bad[WD_ID_MAX + 1]) {
+  if (!r->who.restricted) return true;
+  for (const char *p = peers; *p;) {
+    size_t len = strcspn(p, " ");
+    if (len > 0 && len <= WD_ID_MAX) {
+      char id[WD_ID_MAX + 1];
+      memcpy(id, p, len);
+      id[len] = '\0';
+      if (!listed(r->who.groups, r->who.n_groups, id) && !may_reach_device(r, id)) {
+        memcpy(bad, id, len + 1);
+        return false;
+      }
+    }
+    p += len;
+    while (*p == ' ') p++;
+  }
+  return true;
+}
+
 static enum MHD_Result device_put(wd_http_req_t *r) {
   char msg[256];
   /* A device named like a service could never log in: PLAIN user names are looked up as services first. */
@@ -475,6 +498,9 @@ static enum MHD_Result device_put(wd_http_req_t *r) {
   if (rc == WD_ERR_INVALID) return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "%s", msg);
   if (rc < 0) return answer_store_error(r, rc);
   r->dev_parsed = true;
+  char bad[WD_ID_MAX + 1];
+  if (!peers_allowed(r, r->dev.peers, bad))
+    return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "the token does not reach peer %s", bad);
   if (r->dev.thumbprint[0]) {
     char owner[WD_ID_MAX + 1];
     rc = wd_store_device_by_thumbprint(r->h->store, r->dev.thumbprint, owner);
@@ -653,11 +679,24 @@ static void on_sent(void *arg, const wd_send_result_t *res) {
   free(p);
 }
 
+/* A query value, percent-decoded (the server leaves them raw, see unescape_none).
+ * Returns false when it is present but malformed; *found says whether it is there. */
+static bool query_value(wd_http_req_t *r, const char *name, char *out, size_t cap, bool *found) {
+  const char *v = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+  *found = v != NULL;
+  if (!v) return true;
+  if (strlen(v) >= cap) return false;
+  memcpy(out, v, strlen(v) + 1);
+  return wd_url_decode(out) >= 0;
+}
+
 /* ?name=N with 1 <= N <= max; absent gives 0. false when malformed. */
 static bool query_seconds(wd_http_req_t *r, const char *name, uint32_t max, uint32_t *out) {
-  const char *v = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+  char v[32];
+  bool found;
   *out = 0;
-  if (!v) return true;
+  if (!query_value(r, name, v, sizeof v, &found)) return false;
+  if (!found) return true;
   char *end;
   unsigned long n = strtoul(v, &end, 10);
   if (!*v || *end || *v == '-' || n < 1 || n > max) return false;
@@ -712,6 +751,9 @@ static enum MHD_Result send_done(wd_http_req_t *r, int rc) {
       return answer_error(r, MHD_HTTP_TOO_MANY_REQUESTS, "queue_full", "the queue of device %s is full",
                           r->route.id);
     case WD_ERR_INVALID: return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "the message was refused");
+    case WD_ERR_TOO_BIG:
+      return answer_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
+                          "the message would exceed the %u-byte limit", r->h->max_payload);
     default: return answer_store_error(r, rc);
   }
   char expires[25];
@@ -739,6 +781,10 @@ static enum MHD_Result send_done(wd_http_req_t *r, int rc) {
     return answer_raw(r, MHD_HTTP_OK, body, r->sent.response_len,
                       r->sent_type[0] ? r->sent_type : "application/octet-stream", NULL);
   }
+  if (strcmp(r->sent_outcome, "shutdown") == 0)
+    return answer_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                        "warden is stopping; command %s stays queued for device %s until it expires",
+                        r->sent.message_id, r->route.id);
   if (strcmp(r->sent_outcome, "timeout") == 0 || strcmp(r->sent_outcome, "expired") == 0) {
     wd_store_status_t st;
     bool taken = wd_store_command_status(h->store, r->route.id, r->sent.message_id, &st) == WD_OK &&
@@ -840,7 +886,7 @@ typedef struct sse {
   uint64_t next_seq;
   char *buf;
   size_t len, off, cap;
-  int64_t last_write_ms;
+  _Atomic int64_t last_write_ms; /* the keep-alive thread reads it */
   bool suspended; /* under g_lock */
   bool ended;     /* under g_lock: the server is stopping */
 } sse_t;
@@ -969,15 +1015,23 @@ static void on_log_appended(void *arg, wd_store_log_t *log) {
   pthread_mutex_unlock(&g_lock);
 }
 
+/* Once a second, wakes each sleeping stream that has been silent for the
+ * keep-alive interval, so it writes a comment and learns if its client left. */
 static void *keepalive_main(void *arg) {
   wd_http_t *h = arg;
   pthread_mutex_lock(&g_lock);
   while (!h->stopping) {
     struct timespec at;
     clock_gettime(CLOCK_MONOTONIC, &at);
-    at.tv_sec += SSE_KEEPALIVE_MS / 1000;
+    at.tv_sec += 1;
     pthread_cond_timedwait(&h->cond, &g_lock, &at);
-    if (!h->stopping) sse_wake_locked(h, false);
+    int64_t now = wd_mono_ms();
+    for (sse_t *st = h->streams; st && !h->stopping; st = st->next) {
+      if (st->suspended && now - atomic_load(&st->last_write_ms) >= SSE_KEEPALIVE_MS) {
+        st->suspended = false;
+        MHD_resume_connection(st->conn);
+      }
+    }
   }
   pthread_mutex_unlock(&g_lock);
   return NULL;
@@ -1007,8 +1061,11 @@ static enum MHD_Result metrics(wd_http_req_t *r) {
 
 static enum MHD_Result telemetry_stream(wd_http_req_t *r) {
   wd_http_t *h = r->h;
-  const char *device = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "device");
-  if (device && !wd_id_valid(device))
+  char device_buf[WD_ID_MAX * 3 + 1];
+  bool has_device;
+  bool ok = query_value(r, "device", device_buf, sizeof device_buf, &has_device);
+  const char *device = has_device ? device_buf : NULL;
+  if (!ok || (device && !wd_id_valid(device)))
     return answer_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "device must be a device id");
   if (r->who.restricted && !(device && may_reach_device(r, device)))
     return answer_error(r, MHD_HTTP_FORBIDDEN, "forbidden", "this token may stream only devices it reaches: add ?device=");
@@ -1018,7 +1075,7 @@ static enum MHD_Result telemetry_stream(wd_http_req_t *r) {
   st->conn = r->conn;
   st->req_id = r->id;
   st->last_write_ms = wd_mono_ms();
-  if (device) snprintf(st->device, sizeof st->device, "%s", device);
+  if (device) memcpy(st->device, device, strlen(device) + 1); /* a valid id: at most WD_ID_MAX */
   uint64_t first, next;
   wd_store_log_bounds(h->telemetry, &first, &next);
   st->next_seq = next; /* live, unless the client resumes */

@@ -423,6 +423,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
   pn_connection_set_container(c->pn, "warden");
   pn_connection_open(c->pn);
   wd_amqp__conn_admitted(c);
+  if (c->who.is_device) wd_store_presence_set(a->store, c->who.id, wd_now_ms());
   c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
   atomic_fetch_add(c->gauge, 1);
   wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
@@ -431,6 +432,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
 
 static void on_transport_closed(wd_conn_t *c) {
   if (c->gauge) atomic_fetch_sub(c->gauge, 1);
+  if (c->gauge && c->who.is_device) wd_store_presence_set(c->amqp->store, c->who.id, atomic_load(&c->last_seen_ms));
   for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) {
     abandon_unsettled(c, l);
     free_link_ctx(l);

@@ -80,7 +80,7 @@ int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg)
  * out->owned), or WD_ERR_INVALID. Thread-safe. */
 int wd_amqp_telemetry_decode(const void *record, size_t len, wd_telemetry_t *out);
 
-/* Ends every REST wait now (outcome "timeout") and refuses new ones: the
+/* Ends every REST wait now (outcome "shutdown") and refuses new ones: the
  * first step of shutdown, before the HTTP server stops. Thread-safe. */
 void wd_amqp_end_waits(wd_amqp_t *a);
 

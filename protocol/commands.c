@@ -653,8 +653,14 @@ void wd_amqp__waiters_fini(wd_amqp_t *a) { wd_amqp__waiters_expire(a, INT64_MAX)
 void wd_amqp_end_waits(wd_amqp_t *a) {
   pthread_mutex_lock(&a->waiters_lock);
   a->waits_ended = true;
+  wd_waiter_t *all = a->waiters;
+  a->waiters = NULL;
   pthread_mutex_unlock(&a->waiters_lock);
-  wd_amqp__waiters_expire(a, INT64_MAX);
+  while (all) {
+    wd_waiter_t *next = all->next;
+    waiter_finish(all, "shutdown", NULL, 0, NULL);
+    all = next;
+  }
 }
 
 typedef struct {
@@ -705,6 +711,7 @@ int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg)
   if (req->content_type && req->content_type[0]) pn_message_set_content_type(m, req->content_type);
   pn_message_set_durable(m, true);
   pn_message_set_creation_time(m, now);
+  pn_message_set_inferred(m, true); /* the payload as a data section, as AMQP clients send bytes */
   pn_data_put_binary(pn_message_body(m), pn_bytes(req->len, req->body));
   size_t raw_len, stored_len, unused;
   void *raw = encode_message(m, &raw_len);
@@ -716,7 +723,7 @@ int wd_amqp_send(wd_amqp_t *a, const wd_send_t *req, wd_send_fn done, void *arg)
   if (rc < 0) return rc;
   if (stored_len > a->cfg.max_message_size) {
     free(stored);
-    return WD_ERR_LIMIT;
+    return WD_ERR_TOO_BIG;
   }
 
   uint8_t id_raw[64];

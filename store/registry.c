@@ -327,6 +327,12 @@ static int apply_device(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
       break;
     case WD_DEVICE_DELETE: {
       MDB_val k = {strlen(d->id), d->id};
+      MDB_val pk = {strlen(d->id), d->id};
+      int prc = mdb_del(txn, s->dbi_presence, &pk, NULL);
+      if (prc && prc != MDB_NOTFOUND) {
+        rc = wd_store__map_rc(prc);
+        goto done;
+      }
       if ((rc = drop_thumbprint(s, txn, d->thumbprint)) < 0 ||
           (rc = wd_store__members_update(s, txn, d->id, d->groups, "")) < 0 ||
           (rc = wd_store__queue_drop_device(s, txn, d->id)) < 0)
@@ -378,5 +384,58 @@ int wd_store_device_write(wd_store_t *s, wd_device_op_t kind, const wd_device_t 
     wd_device_free(op->change);
     free(op);
   }
+  return rc;
+}
+
+typedef struct {
+  wd_store__op_t base;
+  char device[WD_ID_MAX + 1];
+  int64_t when_ms;
+} presence_op_t;
+
+static int apply_presence(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
+  presence_op_t *op = (presence_op_t *)base;
+  MDB_val k = {strlen(op->device), op->device}, v;
+  /* Only for devices that still exist: a presence must not outlive its device. */
+  if (mdb_get(txn, s->dbi_devices, &k, &v) != MDB_SUCCESS) return WD_OK;
+  uint8_t buf[8];
+  wd_store__u64_be(buf, (uint64_t)op->when_ms);
+  v = (MDB_val){8, buf};
+  return wd_store__map_rc(mdb_put(txn, s->dbi_presence, &k, &v, 0));
+}
+
+static void complete_presence(wd_store_t *s, wd_store__op_t *base, int rc) {
+  (void)s;
+  (void)rc;
+  free(base);
+}
+
+int wd_store_presence_set(wd_store_t *s, const char *device_id, int64_t when_ms) {
+  if (!wd_id_valid(device_id)) return WD_ERR_INVALID;
+  presence_op_t *op = calloc(1, sizeof *op);
+  if (!op) return WD_ERR_NOMEM;
+  op->base.apply = apply_presence;
+  op->base.complete = complete_presence;
+  memcpy(op->device, device_id, strlen(device_id) + 1);
+  op->when_ms = when_ms;
+  int rc = wd_store__submit(s, &op->base);
+  if (rc < 0) free(op);
+  return rc;
+}
+
+int wd_store_presence_get(wd_store_t *s, const char *device_id, int64_t *when_ms) {
+  if (!wd_id_valid(device_id)) return WD_ERR_NOT_FOUND;
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return wd_store__map_rc(rc);
+  MDB_val k = {strlen(device_id), (void *)device_id}, v;
+  rc = wd_store__map_rc(mdb_get(txn, s->dbi_presence, &k, &v));
+  if (rc == WD_OK) {
+    if (v.mv_size == 8)
+      *when_ms = (int64_t)wd_store__be_u64(v.mv_data);
+    else
+      rc = WD_ERR_CORRUPT;
+  }
+  mdb_txn_abort(txn);
   return rc;
 }

@@ -129,7 +129,7 @@ fail:
 static void measure(wd_store_t *s) {
   MDB_txn *txn;
   if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != MDB_SUCCESS) return;
-  const MDB_dbi dbis[] = {s->dbi_meta,   s->dbi_devices,    s->dbi_thumbprints, s->dbi_members,
+  const MDB_dbi dbis[] = {s->dbi_meta,   s->dbi_devices,    s->dbi_thumbprints, s->dbi_members, s->dbi_presence,
                           s->dbi_logs,   s->dbi_records,    s->dbi_groups,      s->dbi_queues,
                           s->dbi_queue_meta, s->dbi_blobs,  s->dbi_expiry,      s->dbi_commands};
   uint64_t pages = 2; /* the meta pages */
@@ -249,6 +249,7 @@ static int open_dbis(wd_store_t *s) {
       (rc = mdb_dbi_open(txn, "devices", MDB_CREATE, &s->dbi_devices)) ||
       (rc = mdb_dbi_open(txn, "thumbprints", MDB_CREATE, &s->dbi_thumbprints)) ||
       (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) ||
+      (rc = mdb_dbi_open(txn, "presence", MDB_CREATE, &s->dbi_presence)) ||
       (rc = mdb_dbi_open(txn, "logs", MDB_CREATE, &s->dbi_logs)) ||
       (rc = mdb_dbi_open(txn, "records", MDB_CREATE, &s->dbi_records)) ||
       (rc = mdb_dbi_open(txn, "groups", MDB_CREATE, &s->dbi_groups)) ||

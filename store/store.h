@@ -102,6 +102,13 @@ typedef void (*wd_store_device_done_fn)(void *ctx, int rc, const wd_device_t *af
 int wd_store_device_write(wd_store_t *s, wd_device_op_t op, const wd_device_t *change,
                           wd_store_device_done_fn done, void *ctx);
 
+/* When a device was last seen (connected or disconnected), kept apart from
+ * its record so presence never changes the registry's generation. The write
+ * is fire-and-forget. Thread-safe. */
+int wd_store_presence_set(wd_store_t *s, const char *device_id, int64_t when_ms);
+/* 0 and *when_ms, or WD_ERR_NOT_FOUND when never seen. Thread-safe. */
+int wd_store_presence_get(wd_store_t *s, const char *device_id, int64_t *when_ms);
+
 /* -------------------------------------------------------------------- logs */
 
 /* Durable logs of opaque records: "telemetry", "inquiries", "feedback",

@@ -22,12 +22,14 @@ typedef struct {
 } wd_send_t;
 
 typedef struct {
-  int rc;                  /* WD_OK, or why it was not queued: WD_ERR_NOT_FOUND, _DISABLED, _LIMIT, _FULL, _INVALID */
+  int rc;                  /* WD_OK, or why it was not queued: WD_ERR_NOT_FOUND, _DISABLED, _LIMIT (queue full),
+                              _TOO_BIG, _BUSY, _FULL, _INVALID */
   char message_id[37];
   int64_t expires_ms;
   uint64_t devices;        /* group notifications: members reached */
-  /* With wait_s and rc == WD_OK: "responded", "timeout", or the command's
-     failed status ("rejected", "expired", "undeliverable", ...). */
+  /* With wait_s and rc == WD_OK: "responded", "timeout", "shutdown" (warden
+     is stopping; the command stays queued), or the command's failed status
+     ("rejected", "expired", "undeliverable", ...). */
   const char *outcome;
   const void *response;    /* borrowed for the call */
   size_t response_len;

@@ -15,6 +15,7 @@ typedef enum {
   WD_ERR_DENIED = -9,     /* authentication or authorization failed */
   WD_ERR_LIMIT = -10,     /* a configured limit was reached */
   WD_ERR_DISABLED = -11,  /* the device is disabled */
+  WD_ERR_TOO_BIG = -13,   /* a message over the configured size */
   WD_ERR_BUSY = -12,      /* the store is nearly full: new work is refused until consumers drain it */
 } wd_err_t;
 

@@ -80,9 +80,10 @@ int wd_metrics_render(char **b, size_t *l, size_t *c) {
         "# TYPE warden_dead_letters_total counter\nwarden_dead_letters_total %llu\n"
         "# HELP warden_queued_messages Messages waiting in device queues.\n"
         "# TYPE warden_queued_messages gauge\nwarden_queued_messages %lld\n"
-        "# HELP warden_http_requests_total REST requests answered, and of them 5xx.\n"
+        "# HELP warden_http_requests_total REST requests answered.\n"
         "# TYPE warden_http_requests_total counter\nwarden_http_requests_total %llu\n"
-        "warden_http_errors_total %llu\n"
+        "# HELP warden_http_errors_total REST requests answered with a 5xx status.\n"
+        "# TYPE warden_http_errors_total counter\nwarden_http_errors_total %llu\n"
         "# HELP warden_store_commit_seconds Duration of store commits (group commits).\n"
         "# TYPE warden_store_commit_seconds histogram\n",
         LOAD(m->auth_failures), LOAD(m->expirations), LOAD(m->dead_letters), (long long)atomic_load(&m->queued),

@@ -24,6 +24,7 @@ const char *wd_err_str(int rc) {
     case WD_ERR_LIMIT: return "limit reached";
     case WD_ERR_DISABLED: return "device disabled";
     case WD_ERR_BUSY: return "store nearly full";
+    case WD_ERR_TOO_BIG: return "message too large";
     default: return rc > 0 ? "ok" : "unknown error";
   }
 }
