@@ -9,8 +9,7 @@ import uuid
 
 from proton import Data, Delivery, Message, symbol
 
-from warden_harness import (ACCEPTED, DEFAULT_SERVICES, MODIFIED, REJECTED, RELEASED, WardenTestCase,
-                            new_id)
+from warden_harness import ACCEPTED, DEFAULT_SERVICES, REJECTED, WardenTestCase, new_id
 
 OPS_SECRET = "ops-secret-for-command-tests"
 CMDONLY_SECRET = "cmdonly-secret-for-tests"
@@ -44,7 +43,7 @@ def command(mid=None, body=b"cmd", **kw):
 
 
 def modified(failed=False, undeliverable=False):
-    """A (state, configure) pair for Link-level settlement with the modified outcome."""
+    """The modified outcome with its delivery-failed / undeliverable-here flags, for settle()."""
     return ("modified", failed, undeliverable)
 
 

@@ -244,7 +244,9 @@ class Gateway:
             "amqp": {"max_message_size": "262144"},
             "http": {"listen": "127.0.0.1:0"},
             "auth": {"dev_mode": "true" if dev_mode else "false",
-                     "allow_key_password": "true" if allow_key_password else "false"},
+                     "allow_key_password": "true" if allow_key_password else "false",
+                     # Suites refuse many logins on purpose from 127.0.0.1; blocking has tests of its own.
+                     "failures_per_address": "1000000"},
         }
         if plain:
             cfg["amqp"]["listen"] = "127.0.0.1:0"
@@ -487,6 +489,7 @@ class _LinkHandler(Handler):
         self.remote_closed = False
         self.condition = None
         self.on_outcome = None      # optional callback(tag, state)
+        self.on_raw = None          # optional callback(Message, encoded bytes) for received messages
 
     def on_delivery(self, event):
         dlv = event.delivery
@@ -494,8 +497,11 @@ class _LinkHandler(Handler):
         if link.is_receiver:
             if dlv.readable and not dlv.partial:
                 m = Message()
-                m.decode(link.recv(dlv.pending))
+                raw = link.recv(dlv.pending)
+                m.decode(raw)
                 link.advance()
+                if self.on_raw:
+                    self.on_raw(m, raw)
                 self.incoming.append((m, dlv))
         else:
             if dlv.updated and dlv.remote_state:
