@@ -247,6 +247,8 @@ out:
   if (amqp) {
     wd_amqp_shutdown(amqp, exit_code == 0 ? DRAIN_MS : 0);
     for (unsigned i = 0; i < n_threads; i++) pthread_join(threads[i], NULL);
+    /* Store callbacks already queued still reach the AMQP side: let them run first. */
+    wd_store_quiesce(store);
     wd_amqp_free(amqp);
   }
   wd_store_close(store);

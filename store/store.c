@@ -358,6 +358,48 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   return WD_OK;
 }
 
+typedef struct {
+  wd_store__op_t base;
+  pthread_mutex_t lock;
+  pthread_cond_t done_cond;
+  bool done;
+} barrier_op_t;
+
+static int apply_barrier(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
+  (void)s;
+  (void)txn;
+  (void)base;
+  return WD_OK;
+}
+
+static void complete_barrier(wd_store_t *s, wd_store__op_t *base, int rc) {
+  (void)s;
+  (void)rc;
+  barrier_op_t *b = (barrier_op_t *)base;
+  pthread_mutex_lock(&b->lock);
+  b->done = true;
+  pthread_cond_signal(&b->done_cond);
+  pthread_mutex_unlock(&b->lock);
+}
+
+void wd_store_quiesce(wd_store_t *s) {
+  if (!s) return;
+  /* Stop expiry first: a sweep queued after the barrier would call the codec. */
+  atomic_store(&s->sweeping, false);
+  barrier_op_t b = {.base = {.apply = apply_barrier, .complete = complete_barrier}};
+  pthread_mutex_init(&b.lock, NULL);
+  pthread_cond_init(&b.done_cond, NULL);
+  /* Ops complete in order, so once the barrier has, every earlier one has too. */
+  if (wd_store__submit(s, &b.base) == WD_OK) {
+    pthread_mutex_lock(&b.lock);
+    while (!b.done) pthread_cond_wait(&b.done_cond, &b.lock);
+    pthread_mutex_unlock(&b.lock);
+  }
+  pthread_mutex_destroy(&b.lock);
+  pthread_cond_destroy(&b.done_cond);
+  memset(&s->codec, 0, sizeof s->codec); /* the writer is idle or past every op that could use it */
+}
+
 void wd_store_close(wd_store_t *s) {
   if (!s) return;
   pthread_mutex_lock(&s->lock);

@@ -30,6 +30,12 @@ typedef struct wd_store wd_store_t;
  * when the directory cannot be used. *out is returned owned: wd_store_close. */
 int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out);
 
+/* Finishes every write submitted so far (their callbacks have run when it
+ * returns), stops expiry and forgets the codec: after it, the store calls
+ * nothing outside itself except for writes submitted later. For shutdown,
+ * before the owners of those callbacks go away. */
+void wd_store_quiesce(wd_store_t *s);
+
 /* Commits what was submitted, stops the writer and closes the environment.
  * Work submitted after close began gets WD_ERR_SHUTDOWN. Accepts NULL. */
 void wd_store_close(wd_store_t *s);
