@@ -7,12 +7,12 @@ import time
 import unittest
 import uuid
 
-from proton import Message, timestamp, ulong
+from proton import timestamp, ulong
 
 from cmd_helpers import (ANN_DL_REASON, ANN_DL_TIME, INVALID, LIMIT, NOT_FOUND, PRECONDITION, SIZE,
-                         UNAUTHORIZED, CommandsTestCase, LogReader, command, fb_device, fb_status,
+                         UNAUTHORIZED, CommandsTestCase, command, fb_device, fb_status,
                          id_types, modified, settle)
-from warden_harness import (ACCEPTED, ANN_DEVICE, REJECTED, RELEASED, LinkRefused, new_id)
+from warden_harness import ACCEPTED, ANN_DEVICE, REJECTED, RELEASED, LinkRefused
 
 
 class CommandDeliveryTest(CommandsTestCase):
@@ -200,6 +200,21 @@ class SettlementTest(CommandsTestCase):
             r3.settle(d, ACCEPTED)
         self.assertEqual(self.feedback("lost-1"), ["completed"])
         self.assertEqual(self.feedback("lost-2"), ["completed"])
+
+    def test_new_connection_taking_over_redelivers_once(self):
+        """A device's second connection closes the first; what the first held comes again, counted once."""
+        self.enqueue_ok(self.dev, ["take-1", "take-2"])
+        self.assertEqual([m.delivery_count for m, _ in self.take(self.r, 2)], [0, 0])
+        c2 = self.connect(self.dev, self.key)
+        r2 = self.egress(c2)
+        got = self.take(r2, 2)
+        self.assertEqual([(m.id, m.delivery_count) for m, _ in got], [("take-1", 1), ("take-2", 1)],
+                         "after another connection of the device took over")
+        for m, d in got:
+            r2.settle(d, ACCEPTED)
+        self.assertEqual(self.feedback("take-1"), ["completed"])
+        self.assertEqual(self.feedback("take-2"), ["completed"])
+        self.expect_nothing(r2, 0.3)
 
     def test_max_delivery_count_default_10_dead_letters(self):
         dl = self.reader("deadletter")
@@ -389,6 +404,20 @@ class EnqueueRejectionTest(CommandsTestCase):
         out = self.enqueue("devices/%s/commands" % dev, [command("past", expiry_time=time.time() - 60)])
         self.assertEnqueueRejected(out[0], INVALID, "absolute-expiry-time in the past")
         self.assertEqual(self.queue_depth(dev), 0)
+
+
+class ConfiguredQueueLimitTest(CommandsTestCase):
+    GATEWAY_SECTIONS = {"commands": {"queue_limit": "5"}}
+
+    def test_config_queue_limit_and_per_device_override(self):
+        dev, _ = self.device()
+        big, _ = self.device({"queueLimit": 7})
+        self.enqueue_ok(dev, ["c%d" % i for i in range(5)])
+        out = self.enqueue("devices/%s/commands" % dev, [command("c5")])
+        self.assertEnqueueRejected(out[0], LIMIT, "6th command with [commands] queue_limit = 5")
+        self.enqueue_ok(big, ["b%d" % i for i in range(7)])
+        out = self.enqueue("devices/%s/commands" % big, [command("b7")])
+        self.assertEnqueueRejected(out[0], LIMIT, "8th command with queueLimit 7 over queue_limit 5")
 
 
 class AddressScopeTest(CommandsTestCase):

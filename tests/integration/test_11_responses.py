@@ -10,11 +10,10 @@
 import base64
 import unittest
 
-from proton import Message, symbol, ulong
+from proton import Message, ulong
 
-from cmd_helpers import (ANN_FROM, OPS_SECRET, CMDONLY_SECRET, UNAUTHORIZED, CommandsTestCase, command,
-                         fb_status)
-from warden_harness import (ACCEPTED, ANN_DEVICE, new_id, rhea_available, run_rhea, sas_token)
+from cmd_helpers import ANN_FROM, CMDONLY_SECRET, CommandsTestCase, command, fb_status
+from warden_harness import ACCEPTED, ANN_DEVICE, rhea_available, run_rhea, sas_token
 
 
 def response(correlation_id, body=b"result", **kw):
@@ -150,6 +149,15 @@ class PeerToPeerTest(CommandsTestCase):
             self.assertEqual((m.annotations or {}).get(ANN_FROM), ctrl,
                              "x-opt-from-device is %r, not the sending device" % (m.annotations or {}).get(ANN_FROM))
         self.assertEqual(got[0].body, b"open")
+
+    def test_service_cannot_forge_from_device(self):
+        dev, key = self.device()
+        m = command("forged", annotations={ANN_FROM: "someone-else", ANN_DEVICE: "someone-else"})
+        self.assertEqual(self.enqueue("devices/%s/commands" % dev, [m]), [(ACCEPTED, None)])
+        [got] = self.egress(self.connect(dev, key)).receive(1, timeout=5)
+        ann = got.annotations or {}
+        self.assertNotIn(ANN_FROM, ann, "a service's x-opt-from-device reached the device: %r" % ann)
+        self.assertNotEqual(ann.get(ANN_DEVICE), "someone-else")
 
     def test_peer_by_group_allowed_others_refused(self):
         v1, k1 = self.device({"groups": ["valves"]})
