@@ -393,28 +393,76 @@ void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
   }
 }
 
+/* A message marked delivered in the store, to be sent once the mark is durable. */
+typedef struct {
+  egress_job_t job;
+  wd_store_queued_t msg; /* owned */
+} delivery_job_t;
+
+static void egress_send(wd_conn_t *c, void *arg, bool discard) {
+  delivery_job_t *sj = arg;
+  if (!discard) {
+    pn_link_t *link = sj->job.link;
+    wd_link_ctx_t *lc = pn_link_get_context(link);
+    wd_store_queued_t *q = &sj->msg;
+    if (sj->job.rc == WD_OK && !lc->closed && !c->closing) {
+      uint8_t header[WD_MSG_HEADER_MAX], tag[8];
+      size_t hlen = wd_msg_header_encode(header, q->durable, q->priority, q->ttl_ms, q->delivery_count);
+      wd_amqp__seq_tag(q->seq, tag);
+      pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
+      pn_link_send(link, (const char *)header, hlen);
+      pn_link_send(link, q->data, q->len);
+      pn_link_advance(link);
+      wd_metric_add(&wd_metrics.messages_out[q->kind == WD_QUEUE_NOTIFICATION ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
+    } else {
+      /* Not sent (gone, or the mark failed): free its place; a durable mark counts as an attempt at recovery. */
+      inflight_remove(lc, q->seq);
+    }
+    lc->marking--;
+    egress_job_done_PT(&sj->job, lc);
+  }
+  wd_store_queued_free(&sj->msg);
+  free(sj);
+}
+
+static void on_marked(void *ctx, int rc) {
+  delivery_job_t *sj = ctx;
+  sj->job.rc = rc;
+  wd_amqp__post(sj->job.amqp, sj->job.conn_id, egress_send, sj);
+}
+
+/* Reads what the credit allows and marks it delivered; each is sent when its
+ * mark has committed, so a crash before the device sees it leaves a durable
+ * attempt (redelivered with delivery-count raised), never a silent one. */
 void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || !lc->egress_ready || lc->closed || c->closing) return;
-  int credit = pn_link_credit(link);
+  /* Credit not yet matched by a send in flight. */
+  int credit = pn_link_credit(link) - lc->marking;
   if (credit <= 0) return;
   wd_store_queued_t *msgs = NULL;
   int n = wd_store_queue_read(c->amqp->store, c->who.id, lc->inflight, lc->n_inflight, (size_t)credit, wd_now_ms(),
                               &msgs);
-  for (int i = 0; i < n; i++) {
-    wd_store_queued_t *q = &msgs[i];
-    uint8_t header[WD_MSG_HEADER_MAX], tag[8];
-    size_t hlen = wd_msg_header_encode(header, q->durable, q->priority, q->ttl_ms, q->delivery_count);
-    wd_amqp__seq_tag(q->seq, tag);
-    if (!inflight_add(lc, q->seq)) break;
-    pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
-    pn_link_send(link, (const char *)header, hlen);
-    pn_link_send(link, q->data, q->len);
-    pn_link_advance(link);
-    wd_store_queue_settle(c->amqp->store, c->who.id, q->seq, WD_SETTLE_DELIVERED, NULL, NULL);
-    wd_metric_add(&wd_metrics.messages_out[q->kind == WD_QUEUE_NOTIFICATION ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
+  int i = 0;
+  for (; i < n; i++) {
+    delivery_job_t *sj = calloc(1, sizeof *sj);
+    if (!sj || !inflight_add(lc, msgs[i].seq)) {
+      free(sj);
+      break;
+    }
+    sj->job = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .link = link, .seq = msgs[i].seq};
+    sj->msg = msgs[i];
+    memset(&msgs[i], 0, sizeof msgs[i]); /* now the job's */
+    if (wd_store_queue_settle(c->amqp->store, c->who.id, sj->msg.seq, WD_SETTLE_DELIVERED, on_marked, sj) < 0) {
+      inflight_remove(lc, sj->msg.seq);
+      wd_store_queued_free(&sj->msg);
+      free(sj);
+      break;
+    }
+    lc->pending_commits++;
+    lc->marking++;
   }
-  for (int i = 0; i < n; i++) wd_store_queued_free(&msgs[i]);
+  for (int k = 0; k < n; k++) wd_store_queued_free(&msgs[k]);
   free(msgs);
 }
 

@@ -97,7 +97,8 @@ typedef struct {
   wd_store_log_t *log;      /* inbound: the log written (NULL: per message); outbound: the log read */
   wd_store_group_t *group;  /* outbound log consumers */
   bool egress_ready;        /* device egress: recovered, may deliver */
-  uint64_t *inflight;       /* device egress: sequence numbers sent, not yet settled */
+  uint64_t *inflight;       /* device egress: sequence numbers sent (or being marked), not yet settled */
+  int marking;              /* device egress: marks in flight, each to be sent when it commits */
   size_t n_inflight, cap_inflight;
 } wd_link_ctx_t;
 
