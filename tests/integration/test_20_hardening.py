@@ -1,0 +1,175 @@
+"""Hardening: a device flooding telemetry is paced by credit (device_rate); a
+nearly full store pauses devices and refuses enqueues without losing anything
+accepted, and flow resumes by itself once consumers drain it; hostile HTTP
+clients (slowloris, huge headers) cannot take the REST server down."""
+import socket
+import threading
+import time
+import unittest
+
+from proton import Message
+from proton.handlers import MessagingHandler
+from proton.reactor import Container
+
+from warden_harness import WardenTestCase, new_id, sas_token
+
+
+class Flood(MessagingHandler):
+    """Sends unsettled telemetry as fast as credit allows for `seconds`; counts outcomes."""
+
+    def __init__(self, url, user, password, seconds, size=64, prefix="m"):
+        super().__init__()
+        self.url, self.user, self.password = url, user, password
+        self.seconds, self.body, self.prefix = seconds, b"x" * size, prefix
+        self.sent = 0
+        self.accepted = []
+        self.rejected = 0
+        self.error = None
+
+    def on_start(self, event):
+        self.conn = event.container.connect(self.url, user=self.user, password=self.password,
+                                            allowed_mechs="PLAIN", reconnect=False)
+        event.container.create_sender(self.conn, "telemetry")
+        event.container.schedule(self.seconds, self)
+
+    def on_sendable(self, event):
+        while event.sender.credit:
+            self.sent += 1
+            d = event.sender.send(Message(id="%s-%d" % (self.prefix, self.sent), body=self.body))
+            d.ident = "%s-%d" % (self.prefix, self.sent)
+
+    def on_accepted(self, event):
+        self.accepted.append(event.delivery.ident)
+
+    def on_rejected(self, event):
+        self.rejected += 1
+
+    def on_transport_error(self, event):
+        self.error = event.transport.condition
+
+    def on_timer_task(self, event):
+        self.conn.close()
+        event.container.stop()
+
+
+def flood(gw, device, key, seconds, **kw):
+    f = Flood(gw.amqp_url, device, sas_token(device, key), seconds, **kw)
+    Container(f).run()
+    return f
+
+
+class DeviceRateTest(WardenTestCase):
+    def test_a_flooding_device_is_paced_by_credit_and_others_are_not(self):
+        gw = self.start_gateway(sections={"amqp": {"device_rate": "200"}})
+        noisy, noisy_key = gw.create_device()
+        quiet, quiet_key = gw.create_device()
+        result = {}
+        t = threading.Thread(target=lambda: result.update(f=flood(gw, noisy, noisy_key, 3.0, prefix="noisy")))
+        t.start()
+        # Meanwhile another device sends a little and is served at once.
+        time.sleep(0.5)
+        c = self.device_client(gw, quiet, quiet_key)
+        started = time.time()
+        self.send_telemetry(c, [Message(id="quiet-%d" % i, body=b"q") for i in range(20)])
+        quiet_seconds = time.time() - started
+        t.join(15)
+        f = result["f"]
+        # A second's burst plus 200/s for 3 s, and a little slack for the clock.
+        self.assertLessEqual(len(f.accepted), 200 + 3 * 200 + 100, "the rate was not enforced")
+        self.assertGreaterEqual(len(f.accepted), 500, "the device was starved, not paced")
+        self.assertEqual(f.rejected, 0, "the rate must be enforced by credit, never by rejecting")
+        self.assertLess(quiet_seconds, 2.0, "another device was slowed by the flood")
+        print("device_rate 200: %d accepted in 3 s, none rejected; 20 from another device in %.2f s"
+              % (len(f.accepted), quiet_seconds))
+
+
+class StorePressureTest(WardenTestCase):
+    def test_nearly_full_store_pauses_devices_refuses_enqueues_and_recovers(self):
+        gw = self.start_gateway(sections={"store": {"max_size": "4M"}, "amqp": {"device_rate": "0"}})
+        dev, key = gw.create_device()
+        svc = self.service_client(gw)
+        check = svc.receiver("telemetry/check")  # exists before anything is sent, so nothing is trimmed early
+        f = flood(gw, dev, key, 4.0, size=2000, prefix="p1")
+        self.assertIsNone(f.error)
+        self.assertGreater(len(f.accepted), 200)
+        # Paused: the device got no more credit, well before it could send 4 s worth.
+        self.assertLess(f.sent, 5000, "the device kept getting credit on a full store")
+        r = gw.rest("POST", "/v1/devices/%s/commands" % dev, body=b"x", headers={"Content-Type": "text/plain"})
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json["error"], "store_busy")
+        self.assertIn("retry-after", r.headers)
+        # Every accepted message is intact and readable; draining makes room.
+        got = self.read_group(gw, "check", want_ids=f.accepted, timeout=20, client=svc)
+        self.assertEqual(sorted(m.id for m in got), sorted(f.accepted))
+        ok = False
+        deadline = time.time() + 10
+        while time.time() < deadline and not ok:
+            time.sleep(0.3)
+            r = gw.rest("POST", "/v1/devices/%s/commands" % dev, body=b"x", headers={"Content-Type": "text/plain"})
+            ok = r.status == 202
+        self.assertTrue(ok, "enqueues still refused after consumers drained the store: %r" % r)
+        # And devices get credit again by themselves.
+        f2 = flood(gw, dev, key, 1.5, size=2000, prefix="p2")
+        self.assertGreater(len(f2.accepted), 100, "telemetry did not resume after the store drained")
+        del check
+
+
+class HostileHttpTest(WardenTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway()
+
+    def healthz_seconds(self):
+        started = time.time()
+        r = self.gw.rest("GET", "/healthz", token=None, timeout=5)
+        self.assertEqual(r.status, 200)
+        return time.time() - started
+
+    def test_slowloris_clients_do_not_block_others(self):
+        socks = []
+        try:
+            for _ in range(100):
+                s = socket.create_connection(("127.0.0.1", self.gw.http_port), timeout=5)
+                s.sendall(b"GET /v1/devices HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+                socks.append(s)
+            for _ in range(3):
+                for s in socks:
+                    s.sendall(b"X-Slow: 1\r\n")
+                self.assertLess(self.healthz_seconds(), 1.0, "a slow client held up the server")
+                time.sleep(0.2)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertLess(self.healthz_seconds(), 1.0)
+
+    def test_huge_headers_are_refused_and_the_server_stays_up(self):
+        s = socket.create_connection(("127.0.0.1", self.gw.http_port), timeout=5)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before taking it all
+        try:
+            answer = s.recv(200)
+        except (ConnectionResetError, socket.timeout):
+            answer = b""
+        s.close()
+        self.assertFalse(answer.startswith(b"HTTP/1.1 200"), "a 1 MiB header was accepted: %r" % answer[:80])
+        self.assertLess(self.healthz_seconds(), 1.0)
+
+    def test_garbage_requests_get_errors_not_crashes(self):
+        for raw in (b"\x00\x01\x02\xff" * 50 + b"\r\n\r\n", b"GET\r\n\r\n", b"POST /v1/devices/x HTTP/1.1\r\n"
+                    b"Content-Length: -5\r\n\r\n", b"PUT /v1/devices/%00 HTTP/1.1\r\nHost: x\r\n\r\n"):
+            s = socket.create_connection(("127.0.0.1", self.gw.http_port), timeout=5)
+            try:
+                s.sendall(raw)
+                s.recv(200)
+            except (ConnectionResetError, socket.timeout, BrokenPipeError):
+                pass
+            finally:
+                s.close()
+        self.gw.assert_alive()
+        self.assertLess(self.healthz_seconds(), 1.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
