@@ -318,6 +318,7 @@ static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
     return;
   }
   c->n_links++;
+  lc->counted = true;
   lc->addr = addr;
   pn_link_set_context(link, lc);
   if (inbound) {
@@ -378,7 +379,11 @@ void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard) {
 static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (c) abandon_unsettled(c, link);
-  if (c && lc && !lc->closed) c->n_links--;
+  /* Uncounted once, whoever detached first (a link warden closed itself included). */
+  if (c && lc && lc->counted) {
+    c->n_links--;
+    lc->counted = false;
+  }
   if (!(pn_link_state(link) & PN_LOCAL_CLOSED)) pn_link_close(link);
   if (!lc) {
     pn_link_free(link);
@@ -386,6 +391,16 @@ static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
   }
   lc->closed = true;
   if (lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(link);
+}
+
+/* Ending a session ends its links, though the peer detached none of them. */
+static void on_session_remote_close(wd_conn_t *c, pn_session_t *ssn) {
+  pn_link_t *next;
+  for (pn_link_t *l = c ? pn_link_head(c->pn, 0) : NULL; l; l = next) {
+    next = pn_link_next(l, 0);
+    if (pn_link_session(l) == ssn && !(pn_link_state(l) & PN_REMOTE_CLOSED)) on_link_remote_close(c, l);
+  }
+  if (!(pn_session_state(ssn) & PN_LOCAL_CLOSED)) pn_session_close(ssn);
 }
 
 /* Applies the registry to a freshly authenticated device: registered first (so
@@ -561,7 +576,18 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
       if (c && !c->closing) pn_session_open(pn_event_session(e));
       break;
     case PN_SESSION_REMOTE_CLOSE:
-      if (!(pn_session_state(pn_event_session(e)) & PN_LOCAL_CLOSED)) pn_session_close(pn_event_session(e));
+      on_session_remote_close(c, pn_event_session(e));
+      break;
+    case PN_TRANSPORT_TAIL_CLOSED:
+    case PN_TRANSPORT_ERROR:
+      /* The peer stopped sending (end of stream, or a frame Proton could not
+         decode): close our side too, so the socket goes now and not at the idle
+         timeout; Proton still writes the close frame with its condition first. */
+      if (c && !(pn_connection_state(pc) & PN_LOCAL_CLOSED)) {
+        pn_condition_t *tc = pn_transport_condition(pn_event_transport(e));
+        if (pn_condition_is_set(tc)) pn_condition_copy(pn_connection_condition(pc), tc);
+        pn_connection_close(pc);
+      }
       break;
     case PN_LINK_REMOTE_OPEN:
       if (c) on_link_remote_open(c, pn_event_link(e));

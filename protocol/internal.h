@@ -94,6 +94,7 @@ typedef struct {
   wd_address_t addr;
   int pending_commits;      /* store writes whose completion will touch this link */
   bool closed;              /* detached: free when pending_commits reaches 0 */
+  bool counted;             /* counts against the connection's max_links */
   wd_store_log_t *log;      /* inbound: the log written (NULL: per message); outbound: the log read */
   wd_store_group_t *group;  /* outbound log consumers */
   bool egress_ready;        /* device egress: recovered, may deliver */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "gateway/base/log.h"
 #include "gateway/base/metrics.h"
@@ -287,6 +288,84 @@ static int open_dbis(wd_store_t *s) {
   return wd_store__map_rc(mdb_txn_commit(txn));
 }
 
+/* Reads every page of every database once; a page that is not what LMDB
+ * wrote shows up as an error rather than a fault. */
+static int verify_all(MDB_env *env) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+  if (rc) return wd_store__map_rc(rc);
+  MDB_cursor *names;
+  MDB_val k, v;
+  int err = WD_OK;
+  /* The free list (0) and the main database (1), whose keys name the others. */
+  for (MDB_dbi dbi = 0; dbi < 2 && err == WD_OK; dbi++) {
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, dbi, &cur))) { err = wd_store__map_rc(rc); break; }
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {}
+    if (rc != MDB_NOTFOUND) err = WD_ERR_CORRUPT;
+    mdb_cursor_close(cur);
+  }
+  if (err == WD_OK && (rc = mdb_cursor_open(txn, 1, &names)) == MDB_SUCCESS) {
+    while (err == WD_OK && mdb_cursor_get(names, &k, &v, MDB_NEXT) == MDB_SUCCESS) {
+      char name[64];
+      if (k.mv_size >= sizeof name) continue;
+      memcpy(name, k.mv_data, k.mv_size);
+      name[k.mv_size] = '\0';
+      MDB_dbi dbi;
+      MDB_cursor *cur;
+      rc = mdb_dbi_open(txn, name, 0, &dbi);
+      if (rc == MDB_INCOMPATIBLE || rc == MDB_NOTFOUND) continue; /* a plain key, not a database */
+      if (rc != MDB_SUCCESS || mdb_cursor_open(txn, dbi, &cur) != MDB_SUCCESS) {
+        err = WD_ERR_CORRUPT;
+        break;
+      }
+      volatile uint8_t sink = 0;
+      while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == MDB_SUCCESS)
+        if (v.mv_size) sink ^= ((const uint8_t *)v.mv_data)[v.mv_size - 1]; /* overflow pages too */
+      (void)sink;
+      if (rc != MDB_NOTFOUND) err = WD_ERR_CORRUPT;
+      mdb_cursor_close(cur);
+    }
+    mdb_cursor_close(names);
+  }
+  mdb_txn_abort(txn);
+  return err;
+}
+
+/* A data file can end before the last page its meta page names: LMDB does
+ * not write a page freed in the transaction that allocated it. Reading past
+ * the end would fault (SIGBUS), so such a file is extended with zero pages and
+ * every page checked; if anything in use was really missing, the file gets
+ * its old length back and the store is refused, untouched. */
+static int check_short_file(MDB_env *env, const char *path) {
+  MDB_envinfo info;
+  MDB_stat st;
+  struct stat file;
+  char data_path[4096];
+  snprintf(data_path, sizeof data_path, "%s/data.mdb", path);
+  if (mdb_env_info(env, &info) != MDB_SUCCESS || mdb_env_stat(env, &st) != MDB_SUCCESS ||
+      stat(data_path, &file) != 0)
+    return WD_OK;
+  uint64_t expected = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
+  if (expected <= (uint64_t)file.st_size) return WD_OK;
+  if (truncate(data_path, (off_t)expected) != 0) {
+    wd_log("store", WD_LOG_ERROR, "cannot extend %s to its last page: %s", data_path, strerror(errno));
+    return WD_ERR_IO;
+  }
+  int rc = verify_all(env);
+  if (rc < 0) {
+    if (truncate(data_path, file.st_size) != 0) { /* best effort: leave it as found */ }
+    wd_log("store", WD_LOG_ERROR,
+           "store at %s is truncated: %s holds %lld bytes but its last page ends at %llu, and pages in use are "
+           "missing; the store was left untouched (restore it from a backup)",
+           path, data_path, (long long)file.st_size, (unsigned long long)expected);
+    return WD_ERR_CORRUPT;
+  }
+  wd_log("store", WD_LOG_INFO, "%s ended %llu bytes before its last page (pages freed unwritten); extended and checked",
+         data_path, (unsigned long long)(expected - (uint64_t)file.st_size));
+  return WD_OK;
+}
+
 int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   if (mkdir(path, 0700) != 0 && errno != EEXIST) {
     wd_log("store", WD_LOG_ERROR, "cannot create store directory %s: %s", path, strerror(errno));
@@ -316,22 +395,11 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     free(s);
     return err;
   }
-  /* A data file shorter than its own meta page says would fault (SIGBUS) on
-     the first read of a missing page: refuse it instead, untouched. */
-  MDB_envinfo info;
-  MDB_stat st;
-  struct stat file;
-  char data_path[4096];
-  snprintf(data_path, sizeof data_path, "%s/data.mdb", path);
-  if (mdb_env_info(s->env, &info) == MDB_SUCCESS && mdb_env_stat(s->env, &st) == MDB_SUCCESS &&
-      stat(data_path, &file) == 0 && (uint64_t)(info.me_last_pgno + 1) * st.ms_psize > (uint64_t)file.st_size) {
-    wd_log("store", WD_LOG_ERROR,
-           "store at %s is truncated: %s holds %lld bytes but its last page ends at %llu; the store was left "
-           "untouched (restore it from a backup)",
-           path, data_path, (long long)file.st_size, (unsigned long long)(info.me_last_pgno + 1) * st.ms_psize);
+  int rc_short = check_short_file(s->env, path);
+  if (rc_short < 0) {
     mdb_env_close(s->env);
     free(s);
-    return WD_ERR_CORRUPT;
+    return rc_short;
   }
   MDB_stat env_stat;
   s->page_size = mdb_env_stat(s->env, &env_stat) == MDB_SUCCESS ? env_stat.ms_psize : 4096;
