@@ -435,6 +435,10 @@ static void on_connection_remote_open(wd_conn_t *c) {
   pn_millis_t local_idle = a->cfg.idle_timeout_ms;
   if (remote_idle > local_idle) local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
   pn_transport_set_idle_timeout(t, local_idle);
+  /* Proton moves its idle deadline only when bytes arrive: until the next
+     frame, warden itself holds the peer to the time-out chosen here. */
+  c->idle_frames = pn_transport_get_frames_input(t);
+  wd_amqp__conn_watch_idle(c, wd_mono_ms() + local_idle);
   pn_connection_set_container(c->pn, "warden");
   pn_connection_open(c->pn);
   wd_amqp__conn_admitted(c);
@@ -506,9 +510,23 @@ static void setup_accepted(wd_amqp_t *a, wd_conn_t *c, pn_connection_t *pc, pn_t
   pn_transport_set_server(t);
   wd_amqp__sasl_install(a, t, tls);
   if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
-  pn_transport_set_idle_timeout(t, a->cfg.idle_timeout_ms);
+  /* Until the peer's open says what it needs, only the longest time-out applies
+     (the SASL deadline bounds the handshake); see on_connection_remote_open. */
+  pn_transport_set_idle_timeout(t, a->cfg.max_idle_timeout_ms);
   if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
   if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
+}
+
+/* The first idle deadline after the open: dropped if nothing came since. */
+static void idle_check(wd_conn_t *c, void *arg, bool discard) {
+  (void)arg;
+  if (discard) return;
+  pn_transport_t *t = pn_connection_transport(c->pn);
+  if (pn_transport_get_frames_input(t) != c->idle_frames) return;
+  wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "local-idle-timeout expired");
+  /* A silent peer is presumed gone: no waiting for its answer to the close. */
+  pn_transport_close_tail(t);
+  pn_transport_close_head(t);
 }
 
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
@@ -642,6 +660,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
         wd_amqp__waiters_expire(a, wd_mono_ms());
         wd_amqp__post_unadmitted(a, wd_mono_ms(), abort_connection);
         wd_amqp__post_throttled(a, top_up_job);
+        wd_amqp__post_idle_due(a, wd_mono_ms(), idle_check);
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;

@@ -172,6 +172,12 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
     if (*pp) *pp = c->consumer_next;
     c->in_consumer_list = false;
   }
+  if (c->idle_watched) {
+    pp = &a->idle_watch;
+    while (*pp && *pp != c) pp = &(*pp)->idle_next;
+    if (*pp) *pp = c->idle_next;
+    c->idle_watched = false;
+  }
   if (c->throttled) {
     pp = &a->throttled;
     while (*pp && *pp != c) pp = &(*pp)->throttled_next;
@@ -441,5 +447,33 @@ void wd_amqp__post_throttled(wd_amqp_t *a, wd_job_fn fn) {
     if (job) post_locked(c, fn, NULL, job);
   }
   a->throttled = NULL;
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
+  wd_amqp_t *a = c->amqp;
+  pthread_mutex_lock(&a->conns_lock);
+  if (!c->idle_watched && !c->gone) {
+    c->idle_deadline_ms = deadline_mono_ms;
+    c->idle_watched = true;
+    c->idle_next = a->idle_watch;
+    a->idle_watch = c;
+  }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__post_idle_due(wd_amqp_t *a, int64_t now, wd_job_fn fn) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (wd_conn_t **pp = &a->idle_watch; *pp;) {
+    wd_conn_t *c = *pp;
+    if (c->idle_deadline_ms > now) {
+      pp = &c->idle_next;
+      continue;
+    }
+    *pp = c->idle_next;
+    c->idle_watched = false;
+    wd_job_t *job = malloc(sizeof *job);
+    if (job) post_locked(c, fn, NULL, job);
+  }
   pthread_mutex_unlock(&a->conns_lock);
 }

@@ -67,6 +67,9 @@ struct wd_conn {
   int64_t accepted_mono_ms;   /* SASL must finish within sasl_timeout of this */
   bool admitted;              /* authenticated and opened */
   wd_conn_t *throttled_next;  /* list of device connections waiting for their rate to allow credit */
+  wd_conn_t *idle_next;       /* list of connections whose first idle deadline warden watches */
+  bool idle_watched;
+  int64_t idle_deadline_ms;   /* monotonic */
   bool throttled;
   wd_job_t *jobs_head, *jobs_tail;
   bool gone;                  /* transport closed: posts run discarded */
@@ -82,6 +85,7 @@ struct wd_conn {
   int64_t close_deadline_ms;  /* monotonic */
 
   /* Owned by the connection's batches. */
+  uint64_t idle_frames;       /* frames read when the idle watch began */
   double rate_tokens;         /* messages the device may still be granted (device_rate) */
   int64_t rate_refill_ms;
   _Atomic int64_t *gauge; /* the connections gauge it counts in, once open */
@@ -128,6 +132,7 @@ struct wd_amqp {
   wd_conn_t *consumers;
   wd_conn_t *closing;
   wd_conn_t *throttled;
+  wd_conn_t *idle_watch;
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
@@ -178,6 +183,10 @@ void wd_amqp__conn_admitted(wd_conn_t *c);
 /* Posts fn to connections still not admitted sasl_timeout after accept, and
  * forgets idle address entries. */
 void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
+
+/* Watches c until deadline: wd_amqp__post_idle_due then posts fn to it once. */
+void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms);
+void wd_amqp__post_idle_due(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
 /* Parks c until its rate allows credit again; wd_amqp__post_throttled posts fn to each parked one. */
 void wd_amqp__conn_throttle(wd_conn_t *c);

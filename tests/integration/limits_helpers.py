@@ -99,8 +99,11 @@ def sasl_init_plain(user, password, authzid=""):
     return frame(described(SASL_INIT, lst(symbol("PLAIN"), binary(resp))), FRAME_SASL)
 
 
-def open_frame(container="raw-client", max_frame=1 << 20, channel_max=65535, hostname="localhost"):
-    return frame(described(OPEN, lst(string(container), string(hostname), uint(max_frame), ushort(channel_max))))
+def open_frame(container="raw-client", max_frame=1 << 20, channel_max=65535, hostname="localhost", idle_ms=None):
+    fields = [string(container), string(hostname), uint(max_frame), ushort(channel_max)]
+    if idle_ms is not None:
+        fields.append(uint(idle_ms))  # the peer's idle-time-out: how long *it* tolerates silence
+    return frame(described(OPEN, lst(*fields)))
 
 
 def begin_frame(channel):
@@ -319,9 +322,9 @@ class RawAmqp:
         f = self.expect(SASL_OUTCOME, timeout)
         return int(f.field(0))
 
-    def amqp_open(self, max_frame=1 << 20, channel_max=65535, timeout=5.0):
+    def amqp_open(self, max_frame=1 << 20, channel_max=65535, timeout=5.0, idle_ms=None):
         """After SASL: the AMQP header and open. Returns warden's open frame."""
-        self.send(AMQP_HEADER + open_frame(max_frame=max_frame, channel_max=channel_max))
+        self.send(AMQP_HEADER + open_frame(max_frame=max_frame, channel_max=channel_max, idle_ms=idle_ms))
         hdr = self.read_header(timeout)
         if hdr != AMQP_HEADER:
             raise AssertionError("expected the AMQP header, got %r" % hdr)

@@ -11,6 +11,7 @@ from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
+from limits_helpers import RawAmqp
 from warden_harness import WardenTestCase, new_id, sas_token
 
 
@@ -169,6 +170,46 @@ class HostileHttpTest(WardenTestCase):
                 s.close()
         self.gw.assert_alive()
         self.assertLess(self.healthz_seconds(), 1.0)
+
+
+class IdleTimeoutTest(WardenTestCase):
+    """warden offers [amqp] idle_timeout, grants a device the longer one it asks for up to
+    max_idle_timeout, and drops a peer that stays silent longer."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway(sections={"amqp": {"idle_timeout": "1", "max_idle_timeout": "4"}})
+        cls.dev, cls.key = cls.gw.create_device()
+
+    def silent_for(self, idle_ms):
+        """Logs in (asking for idle_ms, or nothing) and stays silent; seconds until warden drops it."""
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.login(self.dev, sas_token(self.dev, self.key), idle_ms=idle_ms)
+        return c.wait_closed(10.0)
+
+    def test_a_silent_peer_is_dropped_after_the_offered_timeout(self):
+        took = self.silent_for(None)
+        self.assertIsNotNone(took, "a silent peer was never dropped")
+        self.assertGreater(took, 0.8)
+        self.assertLess(took, 3.0)
+
+    def test_a_sleeping_device_gets_the_longer_timeout_it_asks_for(self):
+        took = self.silent_for(3000)
+        self.assertIsNotNone(took)
+        self.assertGreater(took, 2.5, "the device's longer idle time-out was not honoured")
+        self.assertLess(took, 6.0)
+
+    def test_a_longer_request_is_capped_at_max_idle_timeout(self):
+        took = self.silent_for(60000)
+        self.assertIsNotNone(took, "a device asking for 60 s was kept beyond max_idle_timeout (4 s)")
+        self.assertGreater(took, 3.5)
+        self.assertLess(took, 8.0)
+
+    def test_a_client_that_sends_heartbeats_stays(self):
+        c = self.device_client(self.gw, self.dev, self.key)
+        c.pump(2.5)  # python-proton answers warden's idle time-out with empty frames
+        self.send_telemetry(c, [Message(id="still-here", body=b"x")])
 
 
 if __name__ == "__main__":
