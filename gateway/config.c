@@ -192,7 +192,7 @@ static int on_key(void *user, const char *section, const char *key, const char *
     switch (k->kind) {
       case T_LISTEN:
         if (!valid_listen(value)) return fail(p, section, key, "'%s' is not host:port", value);
-        /* fall through */
+        __attribute__((fallthrough));
       case T_STRING:
         if (!set_string(field, value)) return fail(p, section, key, "out of memory");
         return 1;

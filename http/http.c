@@ -936,8 +936,9 @@ static bool sse_fill(sse_t *st) {
         char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
         char head[64];
         int hn = snprintf(head, sizeof head, "event: telemetry\nid: %llu\ndata: ", (unsigned long long)recs[i].seq);
-        ok = data && sse_append(st, head, (size_t)hn) && sse_append(st, data, strlen(data)) &&
-             sse_append(st, "\n\n", 2);
+        /* A record that cannot be shown is skipped: one device must not end everyone's stream. */
+        if (data)
+          ok = sse_append(st, head, (size_t)hn) && sse_append(st, data, strlen(data)) && sse_append(st, "\n\n", 2);
         free(data);
         json_decref(j);
       }

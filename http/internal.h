@@ -46,7 +46,7 @@ typedef enum {
 
 typedef struct {
   wd_http_route_kind_t kind;
-  bool needs_auth;       /* every path under /v1, found or not */
+  bool needs_auth;       /* every path but /healthz, found or not */
   unsigned scope;        /* WD_SCOPE_* the caller needs; 0 when none */
   const char *allow;     /* methods the path accepts (the 405 Allow header); static */
   char id[WD_ID_MAX + 1]; /* the decoded device (or group) id, else "" */

@@ -67,7 +67,9 @@ void wd_http__route(const char *method, const char *path, wd_http_route_t *out) 
   char *seg[MAX_SEGMENTS];
   bool bad[MAX_SEGMENTS];
   int n = split_path(copy, seg, bad);
-  out->needs_auth = strcmp(path, "/v1") == 0 || strncmp(path, "/v1/", 4) == 0;
+  /* Every path but /healthz needs a token - decided after decoding, so an
+     encoded "/%76%31" cannot reach /v1 without one. */
+  out->needs_auth = !(n == 1 && strcmp(seg[0], "healthz") == 0);
 
   if (n == 1 && strcmp(seg[0], "healthz") == 0) {
     out->allow = ALLOW_GET;
@@ -123,7 +125,6 @@ void wd_http__route(const char *method, const char *path, wd_http_route_t *out) 
     out->kind = get ? WD_HTTP_ROUTE_TELEMETRY_STREAM : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
   } else if (n == 1 && strcmp(seg[0], "metrics") == 0) {
     out->allow = ALLOW_GET;
-    out->needs_auth = true; /* counts of devices and traffic are nobody else's business */
     out->kind = get ? WD_HTTP_ROUTE_METRICS : WD_HTTP_ROUTE_METHOD_NOT_ALLOWED;
   }
 
@@ -471,10 +472,14 @@ static bool utf8_valid(const uint8_t *s, size_t n) {
 }
 
 json_t *wd_http__payload_render(const void *data, size_t len, const char *content_type) {
-  const char *type = content_type && content_type[0] ? content_type : "application/octet-stream";
+  /* The content type comes from a device too: one that is not text is not shown. */
+  const char *type = content_type && content_type[0] && utf8_valid((const uint8_t *)content_type, strlen(content_type))
+                         ? content_type
+                         : "application/octet-stream";
   bool text = (strncasecmp(type, "application/json", 16) == 0 || strncasecmp(type, "text/", 5) == 0) &&
               utf8_valid(data, len);
   json_t *j = json_pack("{s:s}", "contentType", type);
+  if (!j) j = json_pack("{s:s}", "contentType", "application/octet-stream"); /* not text after all */
   if (!j) return NULL;
   if (text) {
     json_t *body = json_stringn(data, len);

@@ -107,15 +107,18 @@ uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_
     return NULL;
   }
   uint8_t *raw = malloc(pending ? pending : 1);
-  ssize_t n = raw ? pn_link_recv(link, (char *)raw, pending) : -1;
+  ssize_t n = raw && pending ? pn_link_recv(link, (char *)raw, pending) : 0;
   pn_link_advance(link);
   atomic_store(&c->last_seen_ms, wd_now_ms());
-  if (lc->closed || n < 0) {
+  if (lc->closed || !raw || n <= 0) {
     free(raw);
     if (pn_delivery_settled(d) || lc->closed)
       pn_delivery_settle(d);
-    else
+    else if (!raw)
       wd_amqp__reject_PT(d, "amqp:resource-limit-exceeded", "out of memory");
+    else
+      wd_amqp__reject_PT(d, "amqp:decode-error", "an empty transfer is not a message");
+    wd_amqp__top_up_PT(link, lc, a);
     return NULL;
   }
   *len = (size_t)n;

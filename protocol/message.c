@@ -23,38 +23,100 @@ static uint32_t be32(const uint8_t *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static const uint8_t *skip(const uint8_t *p, const uint8_t *end, int depth) {
-  if (p >= end || depth > MAX_NESTING) return NULL;
-  uint8_t code = *p++;
-  if (code == 0x00) { /* described: descriptor, then value */
-    p = skip(p, end, depth + 1);
-    return p ? skip(p, end, depth + 1) : NULL;
+/* The format codes AMQP 1.0 defines (part 1, 1.6); anything else is not a value. */
+static bool defined_code(uint8_t c) {
+  switch (c) {
+    case 0x40: case 0x41: case 0x42: case 0x43: case 0x44: case 0x45:
+    case 0x50: case 0x51: case 0x52: case 0x53: case 0x54: case 0x55: case 0x56:
+    case 0x60: case 0x61:
+    case 0x70: case 0x71: case 0x72: case 0x73: case 0x74:
+    case 0x80: case 0x81: case 0x82: case 0x83: case 0x84:
+    case 0x94: case 0x98:
+    case 0xa0: case 0xa1: case 0xa3: case 0xb0: case 0xb1: case 0xb3:
+    case 0xc0: case 0xc1: case 0xd0: case 0xd1: case 0xe0: case 0xf0: return true;
+    default: return false;
   }
+}
+
+static const uint8_t *skip(const uint8_t *p, const uint8_t *end, int depth);
+
+/* Skips `count` values encoded without constructors (array elements of one
+ * constructor `ctor`); NULL if they do not fit exactly before end. */
+static const uint8_t *skip_bodies(uint8_t ctor, size_t count, const uint8_t *p, const uint8_t *end, int depth);
+
+/* The width of a value's size field and of its fixed body, by format code. */
+static const uint8_t *skip_body(uint8_t code, const uint8_t *p, const uint8_t *end, int depth) {
   size_t n;
   switch (code >> 4) {
-    case 0x4: n = 0; break;
+    case 0x4: return p;
     case 0x5: n = 1; break;
     case 0x6: n = 2; break;
     case 0x7: n = 4; break;
     case 0x8: n = 8; break;
     case 0x9: n = 16; break;
     case 0xa:
-    case 0xc:
-    case 0xe:
       if (p >= end) return NULL;
       n = *p++;
       break;
     case 0xb:
-    case 0xd:
-    case 0xf:
       if (end - p < 4) return NULL;
       n = be32(p);
       p += 4;
       break;
+    case 0xc:
+    case 0xd:
+    case 0xe:
+    case 0xf: {
+      /* Compounds and arrays: size, count, then exactly that many elements. */
+      bool wide = (code >> 4) == 0xd || (code >> 4) == 0xf;
+      size_t hdr = wide ? 4 : 1;
+      if ((size_t)(end - p) < hdr) return NULL;
+      size_t size = wide ? be32(p) : *p;
+      p += hdr;
+      if ((size_t)(end - p) < size || size < hdr) return NULL;
+      const uint8_t *cend = p + size;
+      size_t count = wide ? be32(p) : *p;
+      p += hdr;
+      if ((code >> 4) == 0xc || (code >> 4) == 0xd) {
+        if ((code & 0x0f) == 1 && count % 2) return NULL; /* a map holds pairs */
+        for (size_t i = 0; i < count; i++)
+          if (!(p = skip(p, cend, depth + 1))) return NULL;
+        return p == cend ? p : NULL;
+      }
+      /* An array: one constructor (maybe described), then the elements' bodies. */
+      if (p >= cend) return NULL;
+      uint8_t ctor = *p++;
+      if (ctor == 0x00) {
+        if (p >= cend || !(*p == 0x44 || *p == 0x53 || *p == 0x80 || *p == 0xa3 || *p == 0xb3)) return NULL;
+        if (!(p = skip(p, cend, depth + 1)) || p >= cend) return NULL;
+        ctor = *p++;
+      }
+      if (!defined_code(ctor) || ctor == 0x00) return NULL;
+      p = skip_bodies(ctor, count, p, cend, depth + 1);
+      return p == cend ? p : NULL;
+    }
     default: return NULL;
   }
   if ((size_t)(end - p) < n) return NULL;
   return p + n;
+}
+
+static const uint8_t *skip_bodies(uint8_t ctor, size_t count, const uint8_t *p, const uint8_t *end, int depth) {
+  if (depth > MAX_NESTING) return NULL;
+  for (size_t i = 0; i < count && p; i++) p = skip_body(ctor, p, end, depth);
+  return p;
+}
+
+static const uint8_t *skip(const uint8_t *p, const uint8_t *end, int depth) {
+  if (p >= end || depth > MAX_NESTING) return NULL;
+  uint8_t code = *p++;
+  if (code == 0x00) { /* described: descriptor (a ulong or a symbol, never itself described), then value */
+    if (p >= end || !(*p == 0x44 || *p == 0x53 || *p == 0x80 || *p == 0xa3 || *p == 0xb3)) return NULL;
+    p = skip(p, end, depth + 1);
+    return p ? skip(p, end, depth + 1) : NULL;
+  }
+  if (!defined_code(code)) return NULL;
+  return skip_body(code, p, end, depth);
 }
 
 const uint8_t *wd_msg_skip_value(const uint8_t *p, const uint8_t *end) { return skip(p, end, 0); }
@@ -131,6 +193,20 @@ static void put_be32(uint8_t *w, uint32_t v) {
   w[3] = (uint8_t)v;
 }
 
+/* The type each section's value must have (part 3.2): the header and
+ * properties are lists, annotations and footers maps, data binary, an
+ * amqp-sequence a list; an amqp-value may be anything. A parser that accepted
+ * more would read a message differently from its consumers. */
+static bool section_value_ok(unsigned code, uint8_t fc) {
+  bool list = fc == 0x45 || fc == 0xc0 || fc == 0xd0, map = fc == 0x40 || fc == 0xc1 || fc == 0xd1;
+  switch (code) {
+    case 0x70: case 0x73: case 0x76: return list;
+    case 0x71: case 0x72: case 0x74: case 0x78: return map;
+    case 0x75: return fc == 0xa0 || fc == 0xb0;
+    default: return true;
+  }
+}
+
 /* Section order (part 3.2): header, delivery-annotations, message-annotations,
  * properties, application-properties, then the body - data sections, or
  * amqp-sequence sections, or one amqp-value - and last an optional footer. */
@@ -185,7 +261,7 @@ int wd_msg_rewrite(const uint8_t *in, size_t len, const wd_msg_rewrite_t *how, u
     const uint8_t *value = section_code(p, end, &code);
     if (!value || code < SECTION_HEADER || code > 0x78 || (last && !in_order(last, code))) return WD_ERR_INVALID;
     const uint8_t *next = skip(value, end, 0);
-    if (!next) return WD_ERR_INVALID;
+    if (!next || !section_value_ok(code, value[0])) return WD_ERR_INVALID;
     if (code == SECTION_HEADER) {
       header = p;
       header_end = next;

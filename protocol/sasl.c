@@ -21,6 +21,7 @@
 typedef struct {
   wd_amqp_t *amqp;
   bool tls;
+  bool tried; /* a sasl-init was processed: one is all a connection gets */
   wd_identity_t who;
 } sasl_ctx_t;
 
@@ -186,6 +187,13 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
     return;
   }
   wd_amqp_t *a = ctx->amqp;
+  /* Proton 0.37 hands over every sasl-init, even after the outcome (and leaks
+     a little each time): a second one ends the connection. */
+  if (ctx->tried) {
+    pnx_sasl_error(t, "more than one sasl-init", "amqp:connection:framing-error");
+    return;
+  }
+  ctx->tried = true;
   wd_identity_t who = {0};
   const char *why = "mechanism not offered";
   char user[WD_ID_MAX + 1] = "";
@@ -199,7 +207,7 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
     why = "address blocked after repeated failed logins";
   } else if (strcmp(mech, "PLAIN") == 0 && plain_allowed(t, ctx)) {
     /* [authzid] NUL authcid NUL password */
-    const char *p = recv->start, *end = p + recv->size;
+    const char *p = recv->start, *end = recv->size ? p + recv->size : p; /* no response: start may be NULL */
     const char *z1 = recv->size ? memchr(p, 0, recv->size) : NULL;
     const char *z2 = z1 ? memchr(z1 + 1, 0, (size_t)(end - z1 - 1)) : NULL;
     why = "malformed PLAIN response";

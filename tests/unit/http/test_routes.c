@@ -81,13 +81,34 @@ static void test_route_unknown_paths_are_404_and_v1_needs_auth(void **state) {
     assert_int_equal(r.kind, WD_HTTP_ROUTE_NOT_FOUND);
     assert_true(r.needs_auth);
   }
+  /* Everything but /healthz needs a token, found or not. */
   static const char *other[] = {"", "/", "healthz", "/healthz/", "/v1x/devices", "/V1/devices", "//v1/devices"};
   for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
     wd_http_route_t r;
     route("GET", other[i], &r);
     assert_int_equal(r.kind, WD_HTTP_ROUTE_NOT_FOUND);
-    assert_false(r.needs_auth);
+    assert_true(r.needs_auth);
   }
+  wd_http_route_t h;
+  route("GET", "/healthz", &h);
+  assert_int_equal(h.kind, WD_HTTP_ROUTE_HEALTHZ);
+  assert_false(h.needs_auth);
+}
+
+static void test_route_percent_encoded_v1_still_needs_auth(void **state) {
+  (void)state;
+  /* Found by fuzzing: auth was once decided on the raw path, routing on the decoded one. */
+  static const char *paths[] = {"/%76%31/devices", "/v%31/devices", "/%76%31/devices/x", "/%68ealthz/../v1"};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+    wd_http_route_t r;
+    route("GET", paths[i], &r);
+    assert_true(r.needs_auth);
+  }
+  wd_http_route_t r;
+  route("GET", "/%76%31/devices", &r);
+  assert_int_equal(r.kind, WD_HTTP_ROUTE_DEVICE_LIST);
+  assert_true(r.needs_auth);
+  assert_int_equal(r.scope, WD_SCOPE_REGISTRY_READ);
 }
 
 static void test_route_decodes_each_segment_on_its_own(void **state) {
@@ -416,6 +437,7 @@ int main(void) {
       cmocka_unit_test(test_route_wrong_method_is_405_with_allow),
       cmocka_unit_test(test_route_unknown_paths_are_404_and_v1_needs_auth),
       cmocka_unit_test(test_route_decodes_each_segment_on_its_own),
+      cmocka_unit_test(test_route_percent_encoded_v1_still_needs_auth),
       cmocka_unit_test(test_route_id_length_limit),
       cmocka_unit_test(test_body_empty_means_defaults),
       cmocka_unit_test(test_body_full_parses_and_normalises),

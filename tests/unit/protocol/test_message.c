@@ -839,10 +839,10 @@ static void test_skip_value_skips_each_width(void **state) {
                               0xb1, 0, 0, 0, 1, 'x',                  /* str32 */
                               0xc0, 2, 1, 0x41,                       /* list8 */
                               0xd0, 0, 0, 0, 5, 0, 0, 0, 1, 0x42,     /* list32 */
-                              0xe0, 3, 2, 0x50, 7,                    /* array8 (1 byte payload after count) */
+                              0xe0, 4, 2, 0x50, 7, 8,                 /* array8 of two ubytes */
                               0x00, 0xa3, 1, 'd', 0x40};              /* described */
   const uint8_t *p = v, *end = v + sizeof v;
-  size_t widths[] = {1, 2, 3, 5, 9, 17, 4, 6, 4, 10, 5, 5};
+  size_t widths[] = {1, 2, 3, 5, 9, 17, 4, 6, 4, 10, 6, 5};
   for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
     const uint8_t *next = wd_msg_skip_value(p, end);
     assert_non_null(next);
@@ -853,8 +853,34 @@ static void test_skip_value_skips_each_width(void **state) {
   assert_null(wd_msg_skip_value(end, end));
 }
 
+static void test_skip_value_refuses_what_proton_would_read_differently(void **state) {
+  (void)state;
+  /* Each was accepted once and read otherwise by Proton (found by fuzzing): a
+     parser that disagrees with the consumers' can be steered into misplacing
+     warden's annotations. */
+  static const struct {
+    uint8_t bytes[16];
+    size_t len;
+    const char *why;
+  } bad[] = {
+      {{0xe0, 0x00}, 2, "array8 without count or constructor"},
+      {{0xe0, 0x03, 0x02, 0x50, 0x07}, 5, "array8 with fewer elements than its count"},
+      {{0xe0, 0x03, 0x01, 0x00, 0x07}, 5, "array8 whose constructor is a bare descriptor"},
+      {{0xc0, 0x02, 0x02, 0x41}, 4, "list8 with fewer elements than its count"},
+      {{0xc0, 0x03, 0x01, 0x41, 0x40}, 5, "list8 with bytes left after its elements"},
+      {{0xc1, 0x02, 0x01, 0x40}, 4, "map8 with an odd count"},
+      {{0x00, 0x00, 0x53, 0x70, 0x45}, 5, "a described descriptor"},
+      {{0x00, 0x40, 0x45}, 3, "a null descriptor"},
+      {{0xa7, 0x00}, 2, "an undefined format code"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (wd_msg_skip_value(bad[i].bytes, bad[i].bytes + bad[i].len) == bad[i].bytes + bad[i].len)
+      fail_msg("accepted %s", bad[i].why);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_skip_value_refuses_what_proton_would_read_differently),
       cmocka_unit_test(test_annotate_keeps_header_properties_and_body),
       cmocka_unit_test(test_annotate_copies_sections_byte_for_byte),
       cmocka_unit_test(test_annotate_drops_delivery_annotations),
