@@ -8,6 +8,7 @@ packages=(
   libqpid-proton11-dev libssl-dev liblmdb-dev lmdb-utils libmicrohttpd-dev
   libcmocka-dev libjansson-dev libinih-dev libjwt-dev libcurl4-openssl-dev
   python3-qpid-proton curl procps
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -1,0 +1,113 @@
+#ifndef WD_FUZZ_AMQP_HARNESS_H
+#define WD_FUZZ_AMQP_HARNESS_H
+
+/* One warden AMQP server without sockets, for fuzz_amqp and fuzz_seedgen: a
+ * store in a temporary directory, a wd_amqp_t with no listeners, and
+ * connections whose bytes the caller moves through a pn_connection_driver
+ * into warden's own handlers (protocol/driver.h).
+ *
+ * Store writes finish on the store's writer thread, which hands their results
+ * to the connection as posted jobs and calls pn_connection_wake - a no-op for
+ * a connection no proactor owns. So after each round of events that may have
+ * written to the store, the harness waits for the writer to get past a write
+ * of its own (the writer runs callbacks in submission order) and then puts a
+ * PN_CONNECTION_WAKE on the connection itself: settlements, egress pumps and
+ * closes then run inside the same input, as they would on a real connection.
+ *
+ * Single-threaded: one connection at a time. */
+
+#include <proton/connection_driver.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Who the connection logs in as; the fuzz input's first byte picks it. */
+typedef enum {
+  FH_RAW = 0,  /* nobody: the input starts at the first byte of the connection */
+  FH_SERVICE,  /* PLAIN "svc" with its secret, every scope */
+  FH_DEVICE,   /* PLAIN "dev-1" with a SAS token; may reach dev-2 through group grp-a */
+  FH_PEER,     /* PLAIN "dev-2" with a SAS token; member of grp-a, no peers */
+  FH_N_MODES
+} fh_mode_t;
+
+#define FH_HOSTNAME "localhost"
+#define FH_SERVICE_NAME "svc"
+#define FH_SERVICE_SECRET "svc-secret-for-fuzzing"
+#define FH_DEVICE_ID "dev-1"
+#define FH_PEER_ID "dev-2"
+#define FH_GROUP "grp-a"
+#define FH_CONTAINER "fuzz-client"
+
+/* Opens the store and the server, registers the devices and builds the login
+ * prefixes. Idempotent; registers fh_fini with atexit. Returns 0 or < 0. */
+int fh_init(void);
+
+/* Closes everything and removes the temporary directory. */
+void fh_fini(void);
+
+/* The user and password a client of `mode` logs in with (borrowed; valid
+ * until fh_fini). NULL for FH_RAW. */
+const char *fh_user(fh_mode_t mode);
+const char *fh_password(fh_mode_t mode);
+
+/* The key every registered device has (WD_KEY_BYTES). dev-3 is disabled. */
+const uint8_t *fh_device_key(void);
+
+/* What a client of `mode` writes before its first AMQP frame: the SASL
+ * header, its sasl-init, and the AMQP header. *sasl_len is where the AMQP
+ * header starts. NULL for FH_RAW. */
+const uint8_t *fh_prefix(fh_mode_t mode, size_t *len, size_t *sasl_len);
+
+/* One accepted connection. */
+typedef struct {
+  pn_connection_driver_t d;
+  bool store_work; /* events since the last settle that may have written to the store */
+  bool closed;     /* PN_TRANSPORT_CLOSED handled */
+  int barriers;    /* store round trips so far; bounded per connection */
+} fh_server_t;
+
+/* Accepts a connection through wd_amqp_driver_accept. Returns 0 or < 0. */
+int fh_server_start(fh_server_t *s);
+
+/* Handles every pending event, then lets store work come back as posted jobs. */
+void fh_server_events(fh_server_t *s);
+
+/* Offers bytes to the transport; returns how many it took (0: it takes no more). */
+size_t fh_server_read(fh_server_t *s, const uint8_t *data, size_t len);
+
+/* Takes what the server wrote. sink may be NULL (discarded). */
+typedef void (*fh_sink_fn)(void *arg, const uint8_t *data, size_t len);
+void fh_server_write(fh_server_t *s, fh_sink_fn sink, void *arg);
+
+/* The peer goes away: closes both directions, handles the remaining events
+ * (PN_TRANSPORT_CLOSED frees warden's connection state) and frees the driver. */
+void fh_server_finish(fh_server_t *s);
+
+/* Serves one whole connection: the prefix of `mode`, then `data` in pieces,
+ * handling events after each piece, then a disconnect. Pieces are `chunk`
+ * bytes, or with FH_FRAMES one frame (or protocol header) each - as a client
+ * that waits for answers sends them, so a recorded session replays as it ran. */
+#define FH_FRAMES 0
+void fh_serve(fh_mode_t mode, const uint8_t *data, size_t len, size_t chunk);
+
+/* A Proton client connected to a server connection in memory, recording
+ * every byte it sends: how the login prefixes and the seed corpus are made
+ * without encoding frames by hand. */
+typedef struct {
+  pn_connection_driver_t c; /* the client; use c.connection to open sessions and links */
+  fh_server_t s;
+  uint8_t *sent; /* every byte the client wrote, owned */
+  size_t sent_len, sent_cap;
+} fh_loop_t;
+
+/* Starts a client that logs in with `mechs` (e.g. "PLAIN") as user/password,
+ * or without SASL when mechs is NULL, and opens its connection. Returns 0 or < 0. */
+int fh_loop_start(fh_loop_t *l, const char *mechs, const char *user, const char *password);
+
+/* Moves bytes both ways and handles both sides' events until neither moves. */
+void fh_loop_pump(fh_loop_t *l);
+
+/* Disconnects and frees both sides; l->sent stays for the caller to free. */
+void fh_loop_finish(fh_loop_t *l);
+
+#endif
