@@ -11,7 +11,7 @@ from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
-from limits_helpers import RawAmqp
+from limits_helpers import RawAmqp, sasl_init_plain
 from warden_harness import WardenTestCase, new_id, sas_token
 
 
@@ -210,6 +210,25 @@ class IdleTimeoutTest(WardenTestCase):
         c = self.device_client(self.gw, self.dev, self.key)
         c.pump(2.5)  # python-proton answers warden's idle time-out with empty frames
         self.send_telemetry(c, [Message(id="still-here", body=b"x")])
+
+
+class WrongSaslTest(WardenTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway()
+        cls.dev, cls.key = cls.gw.create_device()
+
+    def test_a_second_sasl_init_after_the_outcome_ends_the_connection(self):
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        self.assertEqual(c.sasl_plain(self.dev, sas_token(self.dev, self.key)), 0)
+        # Another identity's credentials, after the outcome and before the AMQP header
+        # (Proton 0.37 hands it to the SASL plugin again): the connection ends, never switches.
+        c.send(sasl_init_plain("admin", self.gw.token))
+        self.assertIsNotNone(c.wait_closed(5.0), "a second sasl-init was tolerated")
+        self.gw.assert_alive()
+        d = self.device_client(self.gw, self.dev, self.key)
+        self.send_telemetry(d, [Message(id="after", body=b"x")])
 
 
 if __name__ == "__main__":
