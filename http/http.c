@@ -310,45 +310,15 @@ static void on_write_done(void *ctx, int rc, const wd_device_t *after) {
  * Whatever happens, the handler is called again once the request resumes and
  * finds the outcome in store_rc: an immediate failure resumes it here. HTTP
  * thread. */
-static enum MHD_Result submit(wd_http_req_t *r, wd_device_op_t op, const wd_device_t *change) {
-  wd_http_t *h = r->h;
-  pending_t *p = calloc(1, sizeof *p);
-  if (!p) return answer_store_error(r, WD_ERR_NOMEM);
-  pthread_mutex_lock(&g_lock);
-  if (h->stopping) {
-    pthread_mutex_unlock(&g_lock);
-    free(p);
-    return answer_store_error(r, WD_ERR_SHUTDOWN);
-  }
-  p->h = h;
-  p->req = r;
-  p->next = h->pending;
-  if (h->pending) h->pending->prev = p;
-  h->pending = p;
-  h->n_pending++;
-  r->pending = p;
-  r->store_rc = WD_OK;
-  r->op = op;
-  r->state = REQ_WAITING;
-  pthread_mutex_unlock(&g_lock);
+static pending_t *park(wd_http_req_t *r);
+static void unpark_failed(wd_http_req_t *r, pending_t *p, int rc);
 
-  MHD_suspend_connection(r->conn);
-  int rc = wd_store_device_write(h->store, op, change, on_write_done, p);
-  if (rc < 0) {
-    /* The callback will never run. Unless wd_http_stop already took the
-     * request (and resumed it with WD_ERR_SHUTDOWN), resume it ourselves. */
-    bool mine = false;
-    pthread_mutex_lock(&g_lock);
-    if (p->req) {
-      pending_unlink(p);
-      r->store_rc = rc;
-      h->n_resuming++;
-      mine = true;
-    }
-    pthread_mutex_unlock(&g_lock);
-    free(p);
-    if (mine) resume(h, r->conn);
-  }
+static enum MHD_Result submit(wd_http_req_t *r, wd_device_op_t op, const wd_device_t *change) {
+  r->op = op;
+  pending_t *p = park(r);
+  if (!p) return MHD_YES; /* answered: stopping, or out of memory */
+  int rc = wd_store_device_write(r->h->store, op, change, on_write_done, p);
+  if (rc < 0) unpark_failed(r, p, rc); /* the callback will never run */
   return MHD_YES;
 }
 
