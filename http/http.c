@@ -306,13 +306,13 @@ static void on_write_done(void *ctx, int rc, const wd_device_t *after) {
   free(p);
 }
 
+static pending_t *park(wd_http_req_t *r);
+static void unpark_failed(wd_http_req_t *r, pending_t *p, int rc);
+
 /* Suspends r and hands `change` (borrowed for the call) to the store writer.
  * Whatever happens, the handler is called again once the request resumes and
  * finds the outcome in store_rc: an immediate failure resumes it here. HTTP
  * thread. */
-static pending_t *park(wd_http_req_t *r);
-static void unpark_failed(wd_http_req_t *r, pending_t *p, int rc);
-
 static enum MHD_Result submit(wd_http_req_t *r, wd_device_op_t op, const wd_device_t *change) {
   r->op = op;
   pending_t *p = park(r);
