@@ -33,6 +33,22 @@
  * every 202'd command reaches its device exactly once, and after every command to that device whose 202 came
  * before it was sent.
  *
+ * e2e: ingest and drain at once: N sender connections as in ingest and one receiver connection as in drain.
+ * Each payload carries its send time (this process's monotonic clock), a per-invocation run id and a global
+ * sequence number; the receiver records receipt time - send time. Reports the end-to-end rate (messages of
+ * this run received per second) and latency percentiles, the ingest rate and the send-to-accepted latency.
+ *
+ * connections: N idle connections (SASL, AMQP open, a session and, for devices, a receiver on `commands`),
+ * plain or TLS (--tls, --ca), at most C connecting at once. Reports the time to connect them all and, with
+ * --pid P, the server's RSS growth per connection (/proc/P/status VmRSS) and its CPU time per connection. With
+ * --reconnect it then closes and reconnects each (a few at a time) and reports that pass too; --resume adds a
+ * Proton SSL session id per connection and counts the TLS sessions resumed. Above 1 000 connections to a
+ * loopback host the source addresses are spread over 127.0.0.x (see connect() below).
+ *
+ * Generic mode (any AMQP 1.0 broker): --user/--password (every connection logs in with them) or
+ * --sasl-anonymous instead of --devices; --address names the queue senders send to and receivers read from;
+ * --durable-terminus asks for a durable queue where the broker declares queues on attach (RabbitMQ /queue/X).
+ *
  * Output: one JSON object on stdout, one human line on stderr. Exit 0 only if everything completed without
  * error before --timeout; 1 otherwise; 2 on bad usage. */
 
@@ -49,6 +65,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
 #include <curl/curl.h>
 #include <proton/codec.h>
 #include <proton/condition.h>
@@ -61,6 +83,7 @@
 #include <proton/proactor.h>
 #include <proton/sasl.h>
 #include <proton/session.h>
+#include <proton/ssl.h>
 #include <proton/terminus.h>
 #include <proton/transport.h>
 
@@ -71,7 +94,12 @@
 #define TICK_MS 250
 #define GRACE_MS 5000 /* after --timeout: time allowed for connections to close */
 
-typedef enum { SC_INGEST, SC_DRAIN, SC_COMMANDS, SC_REST } scenario_t;
+typedef enum { SC_INGEST, SC_DRAIN, SC_COMMANDS, SC_REST, SC_E2E, SC_CONNECTIONS } scenario_t;
+
+/* e2e payload header (host byte order; same process): connection index, per-link counter, send time
+ * (CLOCK_MONOTONIC ns), run id, global sequence number. ingest stamps the first two (and the rest when the
+ * payload has room). */
+#define E2E_HDR 40
 
 /* ------------------------------------------------------------------ options */
 
@@ -90,6 +118,17 @@ static struct {
   /* rest */
   const char *http_port;
   long concurrency;
+  /* generic mode, e2e */
+  bool sasl_anonymous, durable_terminus, address_given;
+  const char *source;  /* receiver source override (drain, e2e) */
+  long drain_window;   /* e2e: the receiver's credit window */
+  /* connections */
+  bool tls, no_link;
+  const char *ca;
+  bool resume;         /* a TLS session id per connection */
+  bool reconnect;      /* after connecting all, close and reconnect each */
+  long server_pid;     /* 0 = unknown */
+  long connect_concurrency, hold_s, source_addrs, settle_ms;
 } opt = {
     .host = "127.0.0.1",
     .sas_host = "localhost",
@@ -104,6 +143,10 @@ static struct {
     .duration_s = 10,
     .device_credit = 100,
     .concurrency = 32,
+    .drain_window = 500,
+    .connect_concurrency = 100,
+    .source_addrs = -1,
+    .settle_ms = 2000,
 };
 
 /* ------------------------------------------------------------------ shared state */
@@ -128,6 +171,10 @@ typedef struct bench_conn {
   long rr;               /* service: next device, round-robin */
   int64_t last_seq;      /* device: last sequence number received (-1 = none) */
   int64_t max_sent_seen; /* rest device: latest send time of the commands received so far */
+  /* connections */
+  bool ready;            /* open (and its link attached) in the current pass, or failed before */
+  bool rolling;          /* closed by the reconnect pass, to be connected again */
+  int64_t t_connect;     /* when this pass started connecting it */
 } bench_conn_t;
 
 static pn_proactor_t *proactor;
@@ -146,6 +193,7 @@ static atomic_int_least64_t t_start_ns;      /* first send (ingest) / receiver a
 static atomic_int_least64_t t_last_ns;       /* last settlement / last message */
 static atomic_int_least64_t t_prev_event_ns; /* for max_gap */
 static atomic_int_least64_t max_gap_ns;      /* longest pause between two completions */
+static atomic_int_least64_t t_last_settle_ns; /* ingest, e2e: last settlement at a sender */
 static int64_t t_launch_ns;
 
 static uint64_t *latencies; /* ingest: ns from send to ACCEPTED, one per accepted message */
@@ -201,7 +249,7 @@ static void report_failure(const bench_conn_t *bc, const char *what, pn_conditio
   pthread_mutex_lock(&log_lock);
   if (failure_reports++ < 10)
     fprintf(stderr, "warden-bench: connection %d (%s): %s: %s: %s\n", bc->index,
-            bc->device_id ? bc->device_id : opt.user, what,
+            bc->device_id ? bc->device_id : opt.user ? opt.user : "anonymous", what,
             cond && pn_condition_is_set(cond) ? pn_condition_get_name(cond) : "(no condition)",
             cond && pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
   else if (failure_reports == 11)
@@ -242,19 +290,26 @@ static int build_template(void) {
   return ok ? 0 : -1;
 }
 
-/* Stamps connection index and per-link sequence into the payload (when it has room), then sends. */
-static void send_one(bench_conn_t *bc) {
+static uint64_t run_id; /* commands, rest, e2e: this invocation's random id */
+
+/* Stamps connection index and per-link sequence into the payload (when it has room) and, when it has room for
+ * the whole e2e header, the send time, run id and the message's global sequence number; then sends. */
+static void send_one(bench_conn_t *bc, uint64_t seq) {
   uint64_t tag_n = bc->next_tag++;
   uint8_t tag[8];
   for (int b = 0; b < 8; b++) tag[b] = (uint8_t)(tag_n >> (56 - 8 * b));
   pn_delivery_t *d = pn_delivery(bc->link, pn_dtag((const char *)tag, sizeof tag));
+  int64_t t = now_ns();
   if (opt.size >= 16) {
     uint8_t *p = bc->msg + msg_len - (size_t)opt.size;
     uint64_t ci = (uint64_t)bc->index;
     memcpy(p, &ci, 8);
     memcpy(p + 8, &tag_n, 8);
+    if (opt.size >= E2E_HDR) {
+      uint64_t v[3] = {(uint64_t)t, run_id, seq};
+      memcpy(p + 16, v, sizeof v);
+    }
   }
-  int64_t t = now_ns();
   mark_start(t);
   pn_delivery_set_context(d, (void *)(uintptr_t)t);
   pn_link_send(bc->link, (const char *)bc->msg, msg_len);
@@ -270,15 +325,32 @@ static void close_conn(bench_conn_t *bc) {
   pn_connection_close(bc->pn);
 }
 
+static atomic_int send_go; /* commands, rest: every link is attached; e2e: the receiver is attached */
+
+static atomic_int_least64_t pace_t0;  /* e2e --rate: schedule origin (the first send) */
+static atomic_int_least64_t pace_lag; /* e2e --rate: worst delay of a send behind its schedule */
+
 static void ingest_pump(bench_conn_t *bc) {
   if (bc->closing || !bc->link || atomic_load(&stopping)) return;
+  if (opt.scenario == SC_E2E && !atomic_load(&send_go)) return;
+  bool paced = opt.scenario == SC_E2E && opt.rate > 0;
   while (pn_link_credit(bc->link) > 0 && bc->inflight < opt.window) {
+    int64_t t0 = 0;
+    if (paced) { /* message k is due k / rate seconds after the first send */
+      int64_t now = now_ns(), zero = 0;
+      atomic_compare_exchange_strong(&pace_t0, &zero, now);
+      t0 = atomic_load(&pace_t0);
+      long claimed = opt.messages - atomic_load(&pool);
+      if (claimed >= (long)((double)(now - t0) * opt.rate / 1e9) + 1) break; /* the tick wakes us */
+    }
     long left = atomic_fetch_sub(&pool, 1);
     if (left <= 0) {
       atomic_fetch_add(&pool, 1);
       break;
     }
-    send_one(bc);
+    long seq = opt.messages - left;
+    if (paced) atomic_max64(&pace_lag, now_ns() - (t0 + (int64_t)((double)seq * 1e9 / opt.rate)));
+    send_one(bc, (uint64_t)seq);
   }
   if (bc->inflight == 0 && atomic_load(&pool) <= 0) close_conn(bc);
 }
@@ -307,6 +379,7 @@ static void ingest_settled(bench_conn_t *bc, pn_delivery_t *d) {
     pthread_mutex_unlock(&log_lock);
   }
   mark_completion(t);
+  atomic_max64(&t_last_settle_ns, t);
   pn_delivery_settle(d);
   bc->inflight--;
 }
@@ -427,12 +500,10 @@ static void stop_all(void) {
 
 static bench_conn_t *svc; /* commands: the service connection (the last entry of conns) */
 static long n_devices;
-static uint64_t run_id;
 static char run_hex[17];
 static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER; /* guards bc->pn for cross-connection wakes */
 
 static atomic_long devices_ready;  /* device receivers attached by warden */
-static atomic_int send_go;         /* every link is attached: the service may send */
 static atomic_int all_done;        /* every command settled and every accepted one received */
 static atomic_long cmd_settled;    /* commands settled at the service, any outcome */
 static atomic_long received;       /* this run's commands received by devices (duplicates included) */
@@ -1039,6 +1110,341 @@ static void rest_device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *
   check_done();
 }
 
+/* ------------------------------------------------------------------ e2e */
+
+static bench_conn_t *rcv;         /* e2e: the receiver connection (the last entry of conns) */
+static atomic_long senders_closed; /* e2e: sender connections closed */
+
+/* The receiver is done once it has every message of this run, or every sender connection is gone and it has
+ * everything that was accepted. */
+static void e2e_check_done(void) {
+  long got = atomic_load(&received_unique);
+  bool done = got >= opt.messages ||
+              (atomic_load(&senders_closed) >= n_conns - 1 && got >= atomic_load(&completed));
+  if (!done || atomic_exchange(&all_done, 1)) return;
+  wake(rcv);
+}
+
+/* The e2e payload header of a received message: the last opt.size bytes of the transfer when the body is the
+ * last section (the usual case, whatever the broker put before it); otherwise the message is decoded and its
+ * Data body used. Returns NULL if the message is not of this run (*bad: not even decodable). */
+static const uint8_t *e2e_header(const char *buf, size_t n, bool *bad) {
+  static _Thread_local pn_message_t *m;
+  *bad = false;
+  if (n >= (size_t)opt.size) {
+    const uint8_t *p = (const uint8_t *)buf + n - (size_t)opt.size;
+    uint64_t rid;
+    memcpy(&rid, p + 24, 8);
+    if (rid == run_id) return p;
+  }
+  if (!m) m = pn_message();
+  if (!m || (pn_message_clear(m), pn_message_decode(m, buf, n)) != 0) {
+    *bad = true;
+    return NULL;
+  }
+  pn_data_t *body = pn_message_body(m);
+  pn_data_rewind(body);
+  if (!pn_data_next(body) || pn_data_type(body) != PN_BINARY) return NULL;
+  pn_bytes_t b = pn_data_get_binary(body);
+  if (b.size < E2E_HDR) return NULL;
+  uint64_t rid;
+  memcpy(&rid, b.start + 24, 8);
+  return rid == run_id ? (const uint8_t *)b.start : NULL;
+}
+
+static void e2e_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
+  static _Thread_local char *buf;
+  static _Thread_local size_t cap;
+  (void)bc;
+  if (pn_delivery_aborted(d)) {
+    pn_delivery_settle(d);
+    atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
+  size_t pending = pn_delivery_pending(d);
+  if (pending > cap) {
+    char *nb = realloc(buf, pending);
+    if (!nb) pending = cap;
+    else buf = nb, cap = pending;
+  }
+  ssize_t n = pn_link_recv(l, buf, pending);
+  pn_link_advance(l);
+  int64_t t = now_ns();
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  top_up(l, opt.drain_window);
+  bool bad = n < 0;
+  const uint8_t *h = bad ? NULL : e2e_header(buf, (size_t)n, &bad);
+  if (!h) {
+    atomic_fetch_add(bad ? &malformed : &stale, 1);
+    return;
+  }
+  uint64_t v[3]; /* send time, run id, sequence */
+  memcpy(v, h + 16, sizeof v);
+  if (v[2] >= (uint64_t)opt.messages) {
+    atomic_fetch_add(&malformed, 1);
+    return;
+  }
+  atomic_fetch_add(&received, 1);
+  if (atomic_exchange(&seen[v[2]], 1)) {
+    atomic_fetch_add(&duplicates, 1);
+  } else {
+    int64_t sent_t = (int64_t)v[0];
+    long i = atomic_fetch_add(&n_recv_lat, 1);
+    if (i < opt.messages) recv_lat[i] = (uint64_t)(t > sent_t ? t - sent_t : 0);
+    atomic_max64(&t_last_recv_ns, t);
+    atomic_fetch_add(&received_unique, 1);
+  }
+  mark_completion(t);
+  e2e_check_done();
+}
+
+/* ------------------------------------------------------------------ connections */
+
+static void start_connection(bench_conn_t *bc);
+static void finish(void);
+
+/* Pass 1 connects all N (C at once); with --reconnect (or --resume) pass 2 then closes and reconnects them one
+ * by one, at most ROLL_WIDTH cycling at once: Proton 0.37 saves a client's TLS session under its session id when
+ * the connection shuts down, in a process-wide cache of only 4 (SSL_CACHE_SIZE in ssl/openssl.c), and offers it
+ * to the next transport with that id; reconnecting each connection right after closing it keeps its session in
+ * that cache, so every reconnect can resume. */
+#define ROLL_WIDTH 3
+
+typedef enum { CP_CONNECTING, CP_ROLLING, CP_SETTLING, CP_HOLDING, CP_CLOSING, CP_DONE } conn_phase_t;
+
+typedef struct {
+  long ready, failed, resumed;
+  int64_t t_start, t_all;            /* pass started; every connection ready or failed */
+  uint64_t *lat;                     /* ns from starting a connection to it being ready */
+  long n_lat;
+  long server_rss_kb, client_rss_kb; /* after the settle time; -1 = unknown */
+  double server_cpu0, server_cpu1, client_cpu0, client_cpu1; /* CPU seconds at t_start and t_all; < 0 = unknown */
+} conn_pass_t;
+
+static pthread_mutex_t cp_lock = PTHREAD_MUTEX_INITIALIZER; /* guards everything below */
+static conn_phase_t cp_phase;
+static int cp_pass;       /* 0 = connect all, 1 = rolling reconnect */
+static conn_pass_t cp[2];
+static long cp_next;      /* next connection to start (pass 1) or to close and reconnect (pass 2) */
+static long cp_pending;   /* started (pass 2: or closing), neither ready nor failed */
+static int64_t cp_phase_end;
+static long cp_rss0_server = -1, cp_rss0_client = -1;
+static pn_ssl_domain_t *ssl_domain;
+static long src_addrs;    /* source addresses in use (1 = the kernel's choice) */
+static atomic_long src_counter;
+static char tls_protocol[32], tls_cipher[64]; /* of the first TLS connection ready */
+
+/* VmRSS of a process (0 = this one) in kB, -1 if unknown. */
+static long rss_kb(long pid) {
+  char path[64], line[256];
+  if (pid > 0) snprintf(path, sizeof path, "/proc/%ld/status", pid);
+  else snprintf(path, sizeof path, "/proc/self/status");
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) {
+      kb = strtol(line + 6, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return kb;
+}
+
+/* User + system CPU seconds of a process (0 = this one, all threads), -1 if unknown. */
+static double cpu_s(long pid) {
+  char path[64], buf[1024];
+  if (pid > 0) snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  else snprintf(path, sizeof path, "/proc/self/stat");
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')'); /* the command name may hold spaces; fields resume after it */
+  if (!p) return -1;
+  unsigned long long ut = 0, st = 0;
+  /* after ')': state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime */
+  if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return -1;
+  long hz = sysconf(_SC_CLK_TCK);
+  return hz > 0 ? (double)(ut + st) / (double)hz : -1;
+}
+
+/* Interposes libc's connect() (Proton's proactor calls it through the PLT, and an executable's definition
+ * wins): Proton 0.37 has no way to bind a client socket before connecting, and one source address gives at
+ * most ~28 000 connections to one server port (the ephemeral range, fewer with TIME_WAIT). With
+ * src_addrs K > 1, sockets connecting to 127.x.x.x are bound to 127.0.0.1 ... 127.0.0.K round-robin first
+ * (IP_BIND_ADDRESS_NO_PORT: the port is still picked at connect time, per 4-tuple). Anything else, and every
+ * other scenario, goes straight to the system call. */
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+  if (src_addrs > 1 && addr && addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    struct sockaddr_in dst;
+    memcpy(&dst, addr, sizeof dst);
+    if ((ntohl(dst.sin_addr.s_addr) >> 24) == 127) {
+      long k = atomic_fetch_add(&src_counter, 1) % src_addrs;
+      struct sockaddr_in src;
+      memset(&src, 0, sizeof src);
+      src.sin_family = AF_INET;
+      src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)k);
+      int one = 1;
+      setsockopt(fd, IPPROTO_IP, 24 /* IP_BIND_ADDRESS_NO_PORT */, &one, sizeof one);
+      (void)bind(fd, (const struct sockaddr *)&src, sizeof src); /* on failure the kernel picks, as usual */
+    }
+  }
+  return (int)syscall(SYS_connect, fd, addr, len);
+}
+
+static void cp_start_one(bench_conn_t *bc) {
+  bc->ready = bc->closing = bc->failed = bc->rolling = false;
+  bc->link = NULL;
+  bc->t_connect = now_ns();
+  start_connection(bc);
+}
+
+/* Pass 1: starts connections until C are in progress or all are started. Pass 2: closes connections (each is
+ * reconnected when its transport has closed) until ROLL_WIDTH are cycling. Called with cp_lock held. */
+static void cp_pump_locked(void) {
+  while (!atomic_load(&stopping) && cp_next < n_conns) {
+    bench_conn_t *bc = &conns[cp_next];
+    if (cp_phase == CP_CONNECTING && cp_pending < opt.connect_concurrency) {
+      atomic_fetch_add(&live_conns, 1);
+      cp_start_one(bc);
+    } else if (cp_phase == CP_ROLLING && cp_pending < ROLL_WIDTH) {
+      pthread_mutex_lock(&conn_lock);
+      bool open = bc->pn != NULL;
+      if (open) {
+        bc->rolling = true;
+        pn_connection_wake(bc->pn); /* closes itself in its WAKE, restarts in its TRANSPORT_CLOSED */
+      }
+      pthread_mutex_unlock(&conn_lock);
+      if (!open) { /* lost since pass 1: just connect it */
+        atomic_fetch_add(&live_conns, 1);
+        cp_start_one(bc);
+      }
+    } else {
+      break;
+    }
+    cp_next++;
+    cp_pending++;
+  }
+}
+
+static void cp_begin_pass(int pass) {
+  pthread_mutex_lock(&cp_lock);
+  cp_pass = pass;
+  cp_phase = pass == 0 ? CP_CONNECTING : CP_ROLLING;
+  cp_next = 0;
+  cp_pending = 0;
+  conn_pass_t *p = &cp[pass];
+  p->t_start = now_ns();
+  p->server_rss_kb = p->client_rss_kb = -1;
+  p->server_cpu0 = opt.server_pid ? cpu_s(opt.server_pid) : -1;
+  p->client_cpu0 = cpu_s(0);
+  cp_pump_locked();
+  pthread_mutex_unlock(&cp_lock);
+}
+
+/* A connection is ready (ok) or failed before it was: account for it, start the next one. */
+static void cp_settle_one(bench_conn_t *bc, bool ok) {
+  int64_t t = now_ns();
+  pthread_mutex_lock(&cp_lock);
+  conn_pass_t *p = &cp[cp_pass];
+  bc->ready = true; /* not counted twice */
+  if (ok) {
+    p->ready++;
+    if (p->n_lat < n_conns) p->lat[p->n_lat++] = (uint64_t)(t - bc->t_connect);
+    if (opt.tls && bc->pn) {
+      pn_transport_t *tr = pn_connection_transport(bc->pn);
+      if (tr && pn_ssl_resume_status(pn_ssl(tr)) == PN_SSL_RESUME_REUSED) p->resumed++;
+      if (tr && !tls_protocol[0]) {
+        pn_ssl_get_protocol_name(pn_ssl(tr), tls_protocol, sizeof tls_protocol);
+        pn_ssl_get_cipher_name(pn_ssl(tr), tls_cipher, sizeof tls_cipher);
+      }
+    }
+  } else {
+    p->failed++;
+  }
+  cp_pending--;
+  if (cp_phase == CP_CONNECTING || cp_phase == CP_ROLLING) {
+    if (p->ready + p->failed >= n_conns) {
+      p->t_all = t;
+      p->server_cpu1 = opt.server_pid ? cpu_s(opt.server_pid) : -1;
+      p->client_cpu1 = cpu_s(0);
+      cp_phase = CP_SETTLING;
+      cp_phase_end = t + opt.settle_ms * 1000000;
+    } else {
+      cp_pump_locked();
+    }
+  }
+  pthread_mutex_unlock(&cp_lock);
+}
+
+/* Pass 2: a connection closed to be reconnected has closed: connect it again (same session id). */
+static void cp_restart(bench_conn_t *bc) {
+  pthread_mutex_lock(&cp_lock);
+  cp_start_one(bc);
+  pthread_mutex_unlock(&cp_lock);
+}
+
+static void cp_close_all(void) {
+  for (long i = 0; i < n_conns; i++) wake(&conns[i]); /* each closes itself in its own WAKE */
+}
+
+/* Every connection has closed. */
+static void cp_all_closed(void) {
+  pthread_mutex_lock(&cp_lock);
+  if (cp_phase != CP_CLOSING) { /* e.g. every connection failed: the tick gets to CP_CLOSING and calls again */
+    pthread_mutex_unlock(&cp_lock);
+    return;
+  }
+  cp_phase = CP_DONE;
+  pthread_mutex_unlock(&cp_lock);
+  finish();
+}
+
+/* Called on every tick: moves through settle -> hold -> (rolling reconnect -> settle ->) close. */
+static void cp_tick(void) {
+  int64_t t = now_ns();
+  bool close_now = false, roll_now = false;
+  pthread_mutex_lock(&cp_lock);
+  if (cp_phase == CP_SETTLING && t >= cp_phase_end) {
+    cp[cp_pass].server_rss_kb = opt.server_pid ? rss_kb(opt.server_pid) : -1;
+    cp[cp_pass].client_rss_kb = rss_kb(0);
+    cp_phase = CP_HOLDING;
+    cp_phase_end = t + (cp_pass == 0 ? opt.hold_s * 1000000000LL : 0);
+  }
+  if (cp_phase == CP_HOLDING && t >= cp_phase_end) {
+    if (cp_pass == 0 && opt.reconnect) {
+      roll_now = true;
+    } else {
+      cp_phase = CP_CLOSING;
+      close_now = true;
+    }
+  }
+  pthread_mutex_unlock(&cp_lock);
+  if (roll_now) cp_begin_pass(1);
+  if (close_now) cp_close_all();
+}
+
+/* SSL client domain for --tls: verifies the server against --ca (and its name against --sas-host), or, without
+ * --ca, does not verify it at all. */
+static int make_client_ssl(void) {
+  ssl_domain = pn_ssl_domain(PN_SSL_MODE_CLIENT);
+  if (!ssl_domain) return -1;
+  if (opt.ca) {
+    if (pn_ssl_domain_set_trusted_ca_db(ssl_domain, opt.ca) != 0 ||
+        pn_ssl_domain_set_peer_authentication(ssl_domain, PN_SSL_VERIFY_PEER_NAME, NULL) != 0) {
+      fprintf(stderr, "warden-bench: cannot use %s as the CA\n", opt.ca);
+      return -1;
+    }
+  } else if (pn_ssl_domain_set_peer_authentication(ssl_domain, PN_SSL_ANONYMOUS_PEER, NULL) != 0) {
+    return -1;
+  }
+  return 0;
+}
+
 static atomic_int finished;
 
 static void finish(void) {
@@ -1053,10 +1459,13 @@ static void on_tick(void) {
   static double last_progress;
   if (opt.progress_s > 0 && elapsed - last_progress >= (double)opt.progress_s) {
     last_progress = elapsed;
-    if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST)
+    if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST || opt.scenario == SC_E2E)
       fprintf(stderr, "warden-bench: %.1fs: %ld sent, %ld accepted, %ld received, %ld errors, %ld connections live\n",
               elapsed, atomic_load(&sent), atomic_load(&completed), atomic_load(&received), atomic_load(&errors),
               atomic_load(&live_conns));
+    else if (opt.scenario == SC_CONNECTIONS)
+      fprintf(stderr, "warden-bench: %.1fs: pass %d: %ld ready, %ld failed, %ld connections live\n", elapsed,
+              cp_pass + 1, cp[cp_pass].ready, cp[cp_pass].failed, atomic_load(&live_conns));
     else
       fprintf(stderr, "warden-bench: %.1fs: %ld completed, %ld errors, %ld connections live\n", elapsed,
               atomic_load(&completed), atomic_load(&errors), atomic_load(&live_conns));
@@ -1070,15 +1479,30 @@ static void on_tick(void) {
     }
   } else if (elapsed >= (double)opt.timeout_s) {
     atomic_store(&timed_out, 1);
-    fprintf(stderr, "warden-bench: timeout after %ld s: %ld of %ld messages completed\n", opt.timeout_s,
-            atomic_load(&completed), opt.messages);
+    if (opt.scenario == SC_CONNECTIONS)
+      fprintf(stderr, "warden-bench: timeout after %ld s in pass %d: %ld of %ld connections ready\n", opt.timeout_s,
+              cp_pass + 1, cp[cp_pass].ready, n_conns);
+    else
+      fprintf(stderr, "warden-bench: timeout after %ld s: %ld of %ld messages completed\n", opt.timeout_s,
+              atomic_load(&completed), opt.messages);
     stop_all();
+    if (opt.scenario == SC_CONNECTIONS && atomic_load(&live_conns) == 0) finish();
+  }
+  if (opt.scenario == SC_CONNECTIONS && !atomic_load(&stopping)) {
+    cp_tick();
+    if (cp_phase == CP_CLOSING && atomic_load(&live_conns) == 0) cp_all_closed();
   }
   /* Paced commands: wake the service connection every millisecond to send what the schedule says is due. */
   bool pacing = opt.scenario == SC_COMMANDS && opt.rate > 0 && atomic_load(&send_go) && !atomic_load(&all_done) &&
                 !atomic_load(&stopping) && atomic_load(&sent) < opt.messages;
   if (pacing) wake(svc);
-  pn_proactor_set_timeout(proactor, pacing || (opt.scenario == SC_COMMANDS && opt.rate > 0 && !atomic_load(&send_go))
+  /* Paced e2e: wake the senders every millisecond the same way; once everything is sent, at every tick, so a
+   * sender that was idle waiting for its turn when the last message went out still closes. */
+  bool e2e_pacing = opt.scenario == SC_E2E && opt.rate > 0 && !atomic_load(&stopping) && atomic_load(&pool) > 0;
+  if (opt.scenario == SC_E2E && opt.rate > 0 && !atomic_load(&stopping) && atomic_load(&send_go))
+    for (long i = 0; i < n_conns - 1; i++) wake(&conns[i]);
+  pn_proactor_set_timeout(proactor, pacing || e2e_pacing ||
+                                            (opt.scenario == SC_COMMANDS && opt.rate > 0 && !atomic_load(&send_go))
                                         ? 1 : TICK_MS);
 }
 
@@ -1088,24 +1512,47 @@ static void on_open(bench_conn_t *bc) {
   pn_session_open(s);
   if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) {
     commands_open(bc, s); /* rest: device connections only */
-  } else if (opt.scenario == SC_INGEST) {
+  } else if (opt.scenario == SC_CONNECTIONS) {
+    /* An idle device: a receiver on its `commands` (or, generic, on --address); --no-link: none. */
+    const char *addr = opt.address_given ? opt.address : bc->device_id ? "commands" : NULL;
+    if (addr && !opt.no_link) {
+      pn_link_t *l = pn_receiver(s, "bench-idle");
+      pn_terminus_set_address(pn_link_source(l), addr);
+      pn_terminus_set_address(pn_link_target(l), "bench-idle");
+      pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
+      pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
+      pn_link_open(l);
+      pn_link_flow(l, (int)opt.device_credit);
+      bc->link = l;
+    }
+  } else if (opt.scenario == SC_INGEST || (opt.scenario == SC_E2E && !bc->is_service)) {
     pn_link_t *l = pn_sender(s, "bench-telemetry");
     pn_terminus_set_address(pn_link_target(l), opt.address);
+    if (opt.durable_terminus) pn_terminus_set_durability(pn_link_target(l), PN_CONFIGURATION);
     pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
     pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
     pn_link_open(l);
     bc->link = l;
   } else {
+    /* drain, and the e2e receiver: --source, else --address (a broker's queue), else warden's
+     * telemetry/<group> */
     char addr[300];
-    snprintf(addr, sizeof addr, "telemetry/%s", opt.group);
+    if (opt.source)
+      snprintf(addr, sizeof addr, "%s", opt.source);
+    else if (opt.address_given)
+      snprintf(addr, sizeof addr, "%s", opt.address);
+    else
+      snprintf(addr, sizeof addr, "telemetry/%s", opt.group);
     pn_link_t *l = pn_receiver(s, "bench-drain");
     pn_terminus_set_address(pn_link_source(l), addr);
+    if (opt.durable_terminus) pn_terminus_set_durability(pn_link_source(l), PN_CONFIGURATION);
     pn_terminus_set_address(pn_link_target(l), "bench-drain");
     pn_link_set_snd_settle_mode(l, PN_SND_UNSETTLED);
     pn_link_set_rcv_settle_mode(l, PN_RCV_FIRST);
     pn_link_open(l);
     bc->link = l;
-    long target = opt.messages < opt.window ? opt.messages : opt.window;
+    long window = opt.scenario == SC_E2E ? opt.drain_window : opt.window;
+    long target = opt.messages < window ? opt.messages : window;
     pn_link_flow(l, (int)target);
   }
 }
@@ -1120,9 +1567,18 @@ static bool handle(pn_event_t *e) {
       if (bc) on_open(bc);
       break;
 
+    case PN_CONNECTION_REMOTE_OPEN:
+      if (opt.scenario == SC_CONNECTIONS && bc && !bc->link && !bc->ready && !bc->closing) cp_settle_one(bc, true);
+      break;
+
     case PN_LINK_REMOTE_OPEN: {
       pn_link_t *l = pn_event_link(e);
       if (opt.scenario == SC_DRAIN && pn_link_is_receiver(l)) mark_start(now_ns());
+      if (opt.scenario == SC_CONNECTIONS && bc && l == bc->link && !bc->ready && !bc->closing &&
+          pn_link_remote_source(l) && pn_terminus_get_address(pn_link_remote_source(l)))
+        cp_settle_one(bc, true);
+      if (opt.scenario == SC_E2E && bc && bc->is_service && pn_link_is_receiver(l) && !atomic_exchange(&send_go, 1))
+        for (long i = 0; i < n_conns - 1; i++) wake(&conns[i]);
       if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && bc && !bc->closing) {
         if (!bc->is_service && l == bc->link) {
           atomic_fetch_add(&devices_ready, 1);
@@ -1136,6 +1592,14 @@ static bool handle(pn_event_t *e) {
     }
 
     case PN_CONNECTION_WAKE:
+      if (bc && opt.scenario == SC_CONNECTIONS) close_conn(bc); /* the only reason to wake one */
+      if (bc && opt.scenario == SC_E2E) {
+        if (bc->is_service) {
+          if (atomic_load(&all_done)) close_conn(bc);
+        } else {
+          ingest_pump(bc); /* send_go */
+        }
+      }
       if (bc && (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST)) {
         if (atomic_load(&all_done))
           close_conn(bc);
@@ -1145,7 +1609,8 @@ static bool handle(pn_event_t *e) {
       break;
 
     case PN_LINK_FLOW:
-      if (bc && opt.scenario == SC_INGEST && pn_link_is_sender(pn_event_link(e))) ingest_pump(bc);
+      if (bc && (opt.scenario == SC_INGEST || opt.scenario == SC_E2E) && pn_link_is_sender(pn_event_link(e)))
+        ingest_pump(bc);
       if (bc && opt.scenario == SC_COMMANDS && bc->is_service && pn_link_is_sender(pn_event_link(e))) svc_pump(bc);
       break;
 
@@ -1155,6 +1620,14 @@ static bool handle(pn_event_t *e) {
       if (!bc) break;
       if (opt.scenario == SC_REST) {
         if (!pn_link_is_sender(l)) rest_device_delivery(bc, l, d);
+      } else if (opt.scenario == SC_CONNECTIONS) {
+        if (!pn_link_is_sender(l) && pn_delivery_readable(d) && !pn_delivery_partial(d)) {
+          pn_link_advance(l); /* an idle device accepts whatever it is sent */
+          pn_delivery_update(d, PN_ACCEPTED);
+          pn_delivery_settle(d);
+        }
+      } else if (opt.scenario == SC_E2E && !pn_link_is_sender(l)) {
+        e2e_delivery(bc, l, d);
       } else if (opt.scenario == SC_COMMANDS) {
         if (pn_link_is_sender(l)) {
           uint64_t st = pn_delivery_remote_state(d);
@@ -1225,6 +1698,27 @@ static bool handle(pn_event_t *e) {
         bc->pn = NULL;
         pthread_mutex_unlock(&conn_lock);
         bc->link = NULL;
+        if (opt.scenario == SC_CONNECTIONS) {
+          if (bc->rolling && !atomic_load(&stopping)) {
+            cp_restart(bc); /* still live: not counted down */
+            break;
+          }
+          if (!bc->ready) cp_settle_one(bc, false);
+          long left = atomic_fetch_sub(&live_conns, 1) - 1;
+          if (left == 0) {
+            if (atomic_load(&stopping))
+              finish();
+            else
+              cp_all_closed();
+          }
+          break;
+        }
+        if (opt.scenario == SC_E2E && !bc->is_service) {
+          atomic_fetch_add(&senders_closed, 1);
+          e2e_check_done();
+        } else if (opt.scenario == SC_E2E && !atomic_load(&all_done) && !atomic_load(&stopping)) {
+          stop_all(); /* the receiver is gone: the run cannot complete */
+        }
         /* commands: every connection is needed to the end; losing one early ends the run */
         if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && !atomic_load(&all_done) &&
             !atomic_load(&stopping))
@@ -1238,7 +1732,8 @@ static bool handle(pn_event_t *e) {
       break;
 
     case PN_PROACTOR_INACTIVE:
-      finish();
+      /* connections: between two passes nothing may be open for a moment; cp_all_closed() finishes */
+      if (opt.scenario != SC_CONNECTIONS || atomic_load(&stopping)) finish();
       break;
 
     case PN_PROACTOR_INTERRUPT:
@@ -1326,13 +1821,28 @@ static void start_connection(bench_conn_t *bc) {
   snprintf(container, sizeof container, "warden-bench-%ld-%d", (long)getpid(), bc->index);
   pn_connection_set_container(c, container);
   pn_connection_set_hostname(c, opt.sas_host);
-  pn_connection_set_user(c, bc->device_id ? bc->device_id : opt.user);
-  pn_connection_set_password(c, bc->password);
   pn_sasl_t *s = pn_sasl(t);
-  pn_sasl_allowed_mechs(s, "PLAIN");
-  pn_sasl_set_allow_insecure_mechs(s, true);
+  if (opt.sasl_anonymous && !bc->device_id) {
+    pn_sasl_allowed_mechs(s, "ANONYMOUS");
+  } else {
+    pn_connection_set_user(c, bc->device_id ? bc->device_id : opt.user);
+    pn_connection_set_password(c, bc->password);
+    pn_sasl_allowed_mechs(s, "PLAIN");
+    pn_sasl_set_allow_insecure_mechs(s, true);
+  }
+  if (ssl_domain) {
+    /* --resume: Proton keeps the session of a transport that shut down under its session id and offers it
+     * again to a new transport with the same id (its cache holds the last 4 sessions, process-wide). */
+    char sid[80];
+    snprintf(sid, sizeof sid, "warden-bench-%ld-%d", (long)getpid(), bc->index);
+    pn_ssl_t *ssl = pn_ssl(t);
+    pn_ssl_init(ssl, ssl_domain, opt.resume ? sid : NULL);
+    pn_ssl_set_peer_hostname(ssl, opt.sas_host);
+  }
   pn_connection_set_context(c, bc);
+  pthread_mutex_lock(&conn_lock);
   bc->pn = c;
+  pthread_mutex_unlock(&conn_lock);
   char addr[300];
   pn_proactor_addr(addr, sizeof addr, opt.host, opt.port);
   pn_proactor_connect2(proactor, c, t, addr);
@@ -1365,6 +1875,11 @@ static void usage(FILE *f) {
           "       warden-bench commands --port P --devices FILE --user NAME (--password PW | --password-file F)\n"
           "                           [options]\n"
           "       warden-bench rest --port P --http-port H --devices FILE (--token T | --token-file F) [options]\n"
+          "       warden-bench e2e --port P (--devices FILE | CREDS) [receiver: --user NAME --password PW | ...]\n"
+          "                           [options]\n"
+          "       warden-bench connections --port P (--devices FILE | CREDS) --connections N [options]\n"
+          "CREDS (generic mode, any AMQP 1.0 broker): --user NAME (--password PW | --password-file F), or\n"
+          "         --sasl-anonymous\n"
           "\n"
           "common:  --host H (127.0.0.1)  --port P  --window W (100)  --messages M (10000)\n"
           "         --timeout SECONDS (120)  --threads T (1, proactor threads)  --progress SECONDS (0 = off)\n"
@@ -1381,7 +1896,20 @@ static void usage(FILE *f) {
           "rest:    --http-port H (warden's REST port on --host)  --token T | --token-file F (bearer; commands:send)\n"
           "         --devices FILE  --connections N (1, device connections)  --concurrency C (32, requests in\n"
           "         flight)  --messages M (10000, unpaced)  --rate R (0 = unpaced; requests/s)  --duration D (10,\n"
-          "         paced: M = R x D unless --messages)  --size BYTES (256, at least 40)  --device-credit C (100)\n");
+          "         paced: M = R x D unless --messages)  --size BYTES (256, at least 40)  --device-credit C (100)\n"
+          "e2e:     senders as in ingest (--devices, or CREDS), one receiver as in drain (--user/--password or\n"
+          "         --sasl-anonymous; --group G) with credit --drain-window W (500); --size at least 40;\n"
+          "         --rate R (messages/s, paced; M = R x --duration D (10) unless --messages)\n"
+          "generic: --address A (ingest/e2e: the senders' target; drain/e2e: also the receiver's source)\n"
+          "         --source A (drain/e2e: the receiver's source alone)  --durable-terminus (ask for a durable\n"
+          "         queue: terminus durability `configuration`)  --tls [--ca FILE] (verify the server and its name,\n"
+          "         --sas-host, against FILE; without --ca: no verification)\n"
+          "connections: --connections N  --connect-concurrency C (100, connecting at once)  --pid P (the server:\n"
+          "         RSS per connection)  --settle MS (2000, wait before reading RSS)  --hold S (0, stay idle)\n"
+          "         --reconnect (then close and reconnect each, 3 at a time)  --resume (--reconnect with a TLS\n"
+          "         session id per connection: count resumed sessions)  --no-link (devices: no receiver on\n"
+          "         `commands`)  --source-addresses K (bind to 127.0.0.1..K round-robin; default 1 up to 1 000\n"
+          "         connections, else ceil(N / 1000), at most 254)\n");
 }
 
 static bool parse_long(const char *s, long min, long max, long *out) {
@@ -1403,6 +1931,10 @@ static int parse_args(int argc, char **argv) {
     opt.scenario = SC_COMMANDS;
   else if (strcmp(argv[1], "rest") == 0)
     opt.scenario = SC_REST;
+  else if (strcmp(argv[1], "e2e") == 0)
+    opt.scenario = SC_E2E;
+  else if (strcmp(argv[1], "connections") == 0)
+    opt.scenario = SC_CONNECTIONS;
   else
     return -1;
   bool size_given = false;
@@ -1414,7 +1946,21 @@ static int parse_args(int argc, char **argv) {
     else if (strcmp(a, "--port") == 0 && v) opt.port = v;
     else if (strcmp(a, "--devices") == 0 && v) opt.devices_file = v;
     else if (strcmp(a, "--sas-host") == 0 && v) opt.sas_host = v;
-    else if (strcmp(a, "--address") == 0 && v) opt.address = v;
+    else if (strcmp(a, "--address") == 0 && v) opt.address = v, opt.address_given = true;
+    else if (strcmp(a, "--source") == 0 && v) opt.source = v;
+    else if (strcmp(a, "--sasl-anonymous") == 0) opt.sasl_anonymous = true, takes = false;
+    else if (strcmp(a, "--durable-terminus") == 0) opt.durable_terminus = true, takes = false;
+    else if (strcmp(a, "--drain-window") == 0 && v) ok = parse_long(v, 1, 1000000, &opt.drain_window);
+    else if (strcmp(a, "--tls") == 0) opt.tls = true, takes = false;
+    else if (strcmp(a, "--ca") == 0 && v) opt.ca = v;
+    else if (strcmp(a, "--resume") == 0) opt.resume = opt.reconnect = true, takes = false;
+    else if (strcmp(a, "--reconnect") == 0) opt.reconnect = true, takes = false;
+    else if (strcmp(a, "--no-link") == 0) opt.no_link = true, takes = false;
+    else if (strcmp(a, "--pid") == 0 && v) ok = parse_long(v, 1, 1L << 30, &opt.server_pid);
+    else if (strcmp(a, "--connect-concurrency") == 0 && v) ok = parse_long(v, 1, 100000, &opt.connect_concurrency);
+    else if (strcmp(a, "--settle") == 0 && v) ok = parse_long(v, 0, 3600000, &opt.settle_ms);
+    else if (strcmp(a, "--hold") == 0 && v) ok = parse_long(v, 0, 86400, &opt.hold_s);
+    else if (strcmp(a, "--source-addresses") == 0 && v) ok = parse_long(v, 1, 254, &opt.source_addrs);
     else if (strcmp(a, "--user") == 0 && v) opt.user = v;
     else if (strcmp(a, "--password") == 0 && v) opt.password = v;
     else if (strcmp(a, "--password-file") == 0 && v) opt.password_file = v;
@@ -1453,9 +1999,26 @@ static int parse_args(int argc, char **argv) {
     fprintf(stderr, "warden-bench: --port is required\n");
     return -1;
   }
-  if (opt.scenario != SC_DRAIN && !opt.devices_file) {
-    fprintf(stderr, "warden-bench: %s needs --devices FILE\n", argv[1]);
+  bool generic = opt.scenario == SC_INGEST || opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS;
+  bool have_creds = opt.sasl_anonymous || (opt.user && (opt.password || opt.password_file));
+  if (opt.scenario != SC_DRAIN && !opt.devices_file && !(generic && have_creds)) {
+    fprintf(stderr, "warden-bench: %s needs --devices FILE%s\n", argv[1],
+            generic ? " or --user/--password or --sasl-anonymous" : "");
     return -1;
+  }
+  if ((opt.resume || opt.ca) && !opt.tls) {
+    fprintf(stderr, "warden-bench: --resume and --ca need --tls\n");
+    return -1;
+  }
+  if (opt.scenario == SC_E2E) {
+    if (!have_creds) {
+      fprintf(stderr, "warden-bench: e2e needs --user and --password (the receiver) or --sasl-anonymous\n");
+      return -1;
+    }
+    if (opt.size < E2E_HDR) {
+      fprintf(stderr, "warden-bench: e2e needs --size of at least %d (the payload's header)\n", E2E_HDR);
+      return -1;
+    }
   }
   if (opt.scenario == SC_REST) {
     if (!opt.http_port || (!opt.password && !opt.password_file)) {
@@ -1466,6 +2029,18 @@ static int parse_args(int argc, char **argv) {
       fprintf(stderr, "warden-bench: rest needs --size of at least %d (the body's header)\n", REST_HDR);
       return -1;
     }
+  }
+  if (opt.rate > 0 && opt.scenario != SC_COMMANDS && opt.scenario != SC_REST && opt.scenario != SC_E2E) {
+    fprintf(stderr, "warden-bench: --rate is for commands, rest and e2e\n");
+    return -1;
+  }
+  if (opt.scenario == SC_E2E && opt.rate > 0 && !opt.messages_given) {
+    double m = opt.rate * (double)opt.duration_s;
+    if (m < 1 || m > 1e9) {
+      fprintf(stderr, "warden-bench: --rate x --duration must be 1 to 1e9 messages\n");
+      return -1;
+    }
+    opt.messages = (long)m;
   }
   if (opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) {
     if (opt.scenario == SC_COMMANDS && (!opt.user || (!opt.password && !opt.password_file))) {
@@ -1482,8 +2057,8 @@ static int parse_args(int argc, char **argv) {
     }
   }
   if (opt.scenario == SC_DRAIN) {
-    if (!opt.user || (!opt.password && !opt.password_file)) {
-      fprintf(stderr, "warden-bench: drain needs --user and --password or --password-file\n");
+    if (!have_creds) {
+      fprintf(stderr, "warden-bench: drain needs --user and --password or --password-file, or --sasl-anonymous\n");
       return -1;
     }
     opt.connections = 1;
@@ -1644,6 +2219,173 @@ static int report_rest(long ok202, long errs, double secs, double rate, long nl)
   return errs || ok202 < opt.messages || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
 }
 
+/* e2e: prints the JSON object and the stderr line; returns the exit status. */
+static int report_e2e(long accepted, long errs, long nl) {
+  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
+  if (nl > 0) {
+    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
+    a50 = percentile_ms(latencies, nl, 0.50);
+    a99 = percentile_ms(latencies, nl, 0.99);
+    a999 = percentile_ms(latencies, nl, 0.999);
+  }
+  long nr = atomic_load(&n_recv_lat);
+  if (nr > opt.messages) nr = opt.messages;
+  if (nr > 0) {
+    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
+    p50 = percentile_ms(recv_lat, nr, 0.50);
+    p99 = percentile_ms(recv_lat, nr, 0.99);
+    p999 = percentile_ms(recv_lat, nr, 0.999);
+  }
+  long uniq = atomic_load(&received_unique), dups = atomic_load(&duplicates), bad = atomic_load(&malformed);
+  long missing = accepted > uniq ? accepted - uniq : 0;
+  long send_errors = errs;
+  errs += missing + dups + bad;
+  int64_t t0 = atomic_load(&t_start_ns), tr = atomic_load(&t_last_recv_ns), ts = atomic_load(&t_last_settle_ns);
+  double secs = t0 && tr > t0 ? (double)(tr - t0) / 1e9 : 0.0;
+  double rate = secs > 0 ? (double)uniq / secs : 0.0;
+  double isecs = t0 && ts > t0 ? (double)(ts - t0) / 1e9 : 0.0;
+  double irate = isecs > 0 ? (double)accepted / isecs : 0.0;
+
+  char pace[80] = "";
+  if (opt.rate > 0)
+    snprintf(pace, sizeof pace, ", paced %.0f/s (max lag %.1f ms)", opt.rate, (double)atomic_load(&pace_lag) / 1e6);
+  printf("{\"scenario\":\"e2e\",\"connections\":%ld,\"window\":%ld,\"size\":%ld,\"drain_window\":%ld,", n_conns - 1,
+         opt.window, opt.size, opt.drain_window);
+  printf("\"messages\":%ld,\"completed\":%ld,\"accepted\":%ld,", opt.messages, uniq, accepted);
+  json_num("seconds", secs, false);
+  json_num("rate", rate, false);
+  json_num("p50_ms", p50, false);
+  json_num("p99_ms", p99, false);
+  json_num("p999_ms", p999, false);
+  json_num("ingest_seconds", isecs, false);
+  json_num("ingest_rate", irate, false);
+  json_num("accept_p50_ms", a50, false);
+  json_num("accept_p99_ms", a99, false);
+  json_num("accept_p999_ms", a999, false);
+  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
+  if (opt.rate > 0) {
+    json_num("target_rate", opt.rate, false);
+    json_num("max_send_lag_ms", (double)atomic_load(&pace_lag) / 1e6, false);
+  } else {
+    printf("\"target_rate\":null,\"max_send_lag_ms\":null,");
+  }
+  printf("\"errors\":%ld,\"send_errors\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"malformed\":%ld,\"stale\":%ld,"
+         "\"connection_failures\":%ld,",
+         errs, send_errors, missing, dups, bad, atomic_load(&stale), atomic_load(&conn_failures));
+  printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
+  fflush(stdout);
+  fprintf(stderr,
+          "warden-bench e2e: %ld conn x window %ld, %ld B, receiver window %ld%s: %ld/%ld received in %.2f s = %.0f "
+          "msg/s; end-to-end latency p50 %.2f ms p99 %.2f ms p99.9 %.2f ms; ingest %.0f msg/s (accept p50 %.2f p99 "
+          "%.2f ms); %ld errors (%ld send, %ld missing, %ld dup, %ld malformed), %ld stale%s\n",
+          n_conns - 1, opt.window, opt.size, opt.drain_window, pace, uniq, opt.messages, secs, rate, p50, p99, p999,
+          irate,
+          a50, a99, errs, send_errors, missing, dups, bad, atomic_load(&stale),
+          atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+  return errs || uniq < opt.messages || atomic_load(&timed_out) || atomic_load(&conn_failures) ? 1 : 0;
+}
+
+static void json_kb(const char *name, long kb) {
+  if (kb < 0)
+    printf("\"%s\":null,", name);
+  else
+    printf("\"%s\":%ld,", name, kb);
+}
+
+/* One pass of the connections scenario as JSON fields with a prefix ("" or "reconnect_"). */
+static void json_pass(const char *px, conn_pass_t *p) {
+  char k[64];
+  if (p->n_lat > 0) qsort(p->lat, (size_t)p->n_lat, sizeof *p->lat, cmp_u64);
+  double secs = p->t_all > p->t_start ? (double)(p->t_all - p->t_start) / 1e9 : NAN;
+  double scpu = p->server_cpu0 >= 0 && p->server_cpu1 >= 0 ? p->server_cpu1 - p->server_cpu0 : NAN;
+  double ccpu = p->client_cpu0 >= 0 && p->client_cpu1 >= 0 ? p->client_cpu1 - p->client_cpu0 : NAN;
+#define K(name) (snprintf(k, sizeof k, "%s%s", px, name), k)
+  printf("\"%s\":%ld,", K("connected"), p->ready);
+  printf("\"%s\":%ld,", K("failed"), p->failed);
+  json_num(K("seconds"), secs, false);
+  json_num(K("rate"), secs > 0 ? (double)p->ready / secs : NAN, false);
+  json_num(K("connect_p50_ms"), p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.50) : NAN, false);
+  json_num(K("connect_p99_ms"), p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.99) : NAN, false);
+  json_num(K("connect_max_ms"), p->n_lat ? (double)p->lat[p->n_lat - 1] / 1e6 : NAN, false);
+  printf("\"%s\":%ld,", K("resumed"), p->resumed);
+  json_kb(K("server_rss_kb"), p->server_rss_kb);
+  json_kb(K("client_rss_kb"), p->client_rss_kb);
+  json_num(K("server_cpu_s"), scpu, false);
+  json_num(K("server_cpu_us_per_connection"), p->ready > 0 ? scpu * 1e6 / (double)p->ready : NAN, false);
+  json_num(K("client_cpu_s"), ccpu, false);
+  json_num(K("client_cpu_us_per_connection"), p->ready > 0 ? ccpu * 1e6 / (double)p->ready : NAN, false);
+#undef K
+}
+
+/* connections: prints the JSON object and the stderr line; returns the exit status. */
+static int report_connections(void) {
+  conn_pass_t *p = &cp[0], *q = &cp[1];
+  double srv_per = NAN, cli_per = NAN;
+  if (p->ready > 0 && cp_rss0_server >= 0 && p->server_rss_kb >= 0)
+    srv_per = (double)(p->server_rss_kb - cp_rss0_server) / (double)p->ready;
+  if (p->ready > 0 && cp_rss0_client >= 0 && p->client_rss_kb >= 0)
+    cli_per = (double)(p->client_rss_kb - cp_rss0_client) / (double)p->ready;
+  printf("{\"scenario\":\"connections\",\"connections\":%ld,\"tls\":%s,\"reconnect\":%s,\"resume\":%s,\"link\":%s,",
+         n_conns, opt.tls ? "true" : "false", opt.reconnect ? "true" : "false", opt.resume ? "true" : "false",
+         !opt.no_link && (opt.address_given || opt.devices_file) ? "true" : "false");
+  printf("\"connect_concurrency\":%ld,\"reconnect_concurrency\":%d,\"source_addresses\":%ld,", opt.connect_concurrency,
+         ROLL_WIDTH, src_addrs);
+  if (tls_protocol[0])
+    printf("\"tls_protocol\":\"%s\",\"tls_cipher\":\"%s\",", tls_protocol, tls_cipher);
+  else
+    printf("\"tls_protocol\":null,\"tls_cipher\":null,");
+  if (opt.server_pid) printf("\"server_pid\":%ld,", opt.server_pid);
+  else printf("\"server_pid\":null,");
+  json_kb("server_rss_before_kb", cp_rss0_server);
+  json_kb("client_rss_before_kb", cp_rss0_client);
+  json_pass("", p);
+  json_num("server_rss_per_connection_kb", srv_per, false);
+  json_num("client_rss_per_connection_kb", cli_per, false);
+  if (opt.reconnect) {
+    json_pass("reconnect_", q);
+  } else {
+    static const char *const f[] = {"connected", "failed", "seconds", "rate", "connect_p50_ms", "connect_p99_ms",
+                                    "connect_max_ms", "resumed", "server_rss_kb", "client_rss_kb", "server_cpu_s",
+                                    "server_cpu_us_per_connection", "client_cpu_s", "client_cpu_us_per_connection"};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) printf("\"reconnect_%s\":null,", f[i]);
+  }
+  long failed = p->failed + (opt.reconnect ? q->failed : 0);
+  printf("\"errors\":%ld,\"connection_failures\":%ld,\"timed_out\":%s}\n", failed, atomic_load(&conn_failures),
+         atomic_load(&timed_out) ? "true" : "false");
+  fflush(stdout);
+  double s0 = p->t_all > p->t_start ? (double)(p->t_all - p->t_start) / 1e9 : NAN;
+  double c0 = p->server_cpu0 >= 0 && p->server_cpu1 >= 0 && p->ready
+                  ? (p->server_cpu1 - p->server_cpu0) * 1e6 / (double)p->ready
+                  : NAN;
+  fprintf(stderr,
+          "warden-bench connections: %ld %s connections (%ld at once, %ld source address%s): %ld ready, %ld failed in "
+          "%.2f s (%.0f/s; connect p50 %.1f ms p99 %.1f ms); server RSS %+.1f kB and CPU %.0f us per connection, "
+          "client RSS %+.1f kB/connection",
+          n_conns, opt.tls ? "TLS" : "plain", opt.connect_concurrency, src_addrs, src_addrs == 1 ? "" : "es", p->ready,
+          p->failed, s0, s0 > 0 ? (double)p->ready / s0 : 0.0,
+          p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.50) : NAN,
+          p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.99) : NAN,
+          srv_per, c0, cli_per);
+  if (opt.reconnect) {
+    double s1 = q->t_all > q->t_start ? (double)(q->t_all - q->t_start) / 1e9 : NAN;
+    double c1 = q->server_cpu0 >= 0 && q->server_cpu1 >= 0 && q->ready
+                    ? (q->server_cpu1 - q->server_cpu0) * 1e6 / (double)q->ready
+                    : NAN;
+    fprintf(stderr,
+            "; reconnected one by one (%d at once%s): %ld ready, %ld failed, %ld TLS sessions resumed, in %.2f s "
+            "(connect p50 %.2f ms p99 %.2f ms; server CPU %.0f us per close + reconnect)",
+            ROLL_WIDTH, opt.resume ? ", a session id each" : "", q->ready, q->failed, q->resumed, s1,
+            q->n_lat ? percentile_ms(q->lat, q->n_lat, 0.50) : NAN,
+            q->n_lat ? percentile_ms(q->lat, q->n_lat, 0.99) : NAN,
+            c1);
+  }
+  fprintf(stderr, "%s\n", atomic_load(&timed_out) ? " (TIMED OUT)" : "");
+  return failed || atomic_load(&timed_out) || atomic_load(&conn_failures) || p->ready < n_conns ||
+                 (opt.reconnect && q->ready < n_conns)
+             ? 1
+             : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
     usage(stdout);
@@ -1654,17 +2396,74 @@ int main(int argc, char **argv) {
     return 2;
   }
 
+  /* Many connections need many descriptors: take what the hard limit allows. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (opt.scenario == SC_CONNECTIONS && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      (rlim_t)opt.connections + 64 > rl.rlim_cur)
+    fprintf(stderr, "warden-bench: warning: RLIMIT_NOFILE is %llu, too few for %ld connections\n",
+            (unsigned long long)rl.rlim_cur, opt.connections);
+
   n_devices = opt.connections;
-  n_conns = opt.scenario == SC_COMMANDS ? opt.connections + 1 : opt.connections; /* commands: + the service */
+  /* commands: + the service; e2e: + the receiver */
+  n_conns = opt.scenario == SC_COMMANDS || opt.scenario == SC_E2E ? opt.connections + 1 : opt.connections;
   conns = calloc((size_t)n_conns, sizeof *conns);
   if (!conns) return 1;
   for (long i = 0; i < n_conns; i++) conns[i].index = (int)i, conns[i].last_seq = -1;
 
   char *file_password = NULL;
-  if (opt.scenario == SC_INGEST) {
-    if (load_devices() < 0) return 2;
+  if (opt.password_file) {
+    size_t len;
+    file_password = wd_read_file(opt.password_file, &len);
+    if (!file_password) {
+      fprintf(stderr, "warden-bench: %s: %s\n", opt.password_file, strerror(errno));
+      return 2;
+    }
+    opt.password = trim(file_password);
+  }
+  if (opt.tls && make_client_ssl() < 0) return 2;
+  if (opt.scenario == SC_INGEST || opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS) {
+    /* senders / idle connections: devices, or generic credentials shared by every connection */
+    if (opt.devices_file) {
+      if (load_devices() < 0) return 2;
+    } else if (!opt.sasl_anonymous) {
+      for (long i = 0; i < opt.connections; i++)
+        if (!(conns[i].password = strdup(opt.password))) return 1;
+    }
+    if (opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS) {
+      if (wd_random_bytes(&run_id, sizeof run_id) < 0) run_id = (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    if (opt.scenario == SC_E2E) {
+      rcv = &conns[n_conns - 1];
+      rcv->is_service = true;
+      if (!opt.sasl_anonymous && !(rcv->password = strdup(opt.password))) return 1;
+      recv_lat = malloc((size_t)opt.messages * sizeof *recv_lat);
+      seen = calloc((size_t)opt.messages, sizeof *seen);
+      if (!recv_lat || !seen) {
+        fprintf(stderr, "warden-bench: out of memory for %ld messages\n", opt.messages);
+        return 1;
+      }
+    }
+  }
+  if (opt.scenario == SC_CONNECTIONS) {
+    for (int p = 0; p < 2; p++)
+      if (!(cp[p].lat = calloc((size_t)n_conns, sizeof *cp[p].lat))) return 1;
+    bool loopback = strncmp(opt.host, "127.", 4) == 0 || strcmp(opt.host, "localhost") == 0;
+    if (opt.source_addrs > 0)
+      src_addrs = opt.source_addrs;
+    else
+      src_addrs = loopback && opt.connections > 1000 ? (opt.connections + 999) / 1000 : 1;
+    if (src_addrs > 254) src_addrs = 254;
+    if (opt.server_pid) cp_rss0_server = rss_kb(opt.server_pid);
+    if (opt.server_pid && cp_rss0_server < 0)
+      fprintf(stderr, "warden-bench: warning: cannot read /proc/%ld/status\n", opt.server_pid);
+    cp_rss0_client = rss_kb(0);
+  } else if (opt.scenario == SC_INGEST || opt.scenario == SC_E2E) {
     if (build_template() < 0) return 1;
-    for (long i = 0; i < n_conns; i++) {
+    for (long i = 0; i < opt.connections; i++) {
       if (!(conns[i].msg = malloc(msg_len))) {
         fprintf(stderr, "warden-bench: out of memory\n");
         return 1;
@@ -1679,15 +2478,6 @@ int main(int argc, char **argv) {
     atomic_store(&pool, opt.messages);
   } else {
     if ((opt.scenario == SC_COMMANDS || opt.scenario == SC_REST) && load_devices() < 0) return 2;
-    if (opt.password_file) {
-      size_t len;
-      file_password = wd_read_file(opt.password_file, &len);
-      if (!file_password) {
-        fprintf(stderr, "warden-bench: %s: %s\n", opt.password_file, strerror(errno));
-        return 2;
-      }
-      opt.password = trim(file_password);
-    }
     if (opt.scenario == SC_COMMANDS) {
       svc = &conns[n_devices];
       svc->is_service = true;
@@ -1724,16 +2514,21 @@ int main(int argc, char **argv) {
         fprintf(stderr, "warden-bench: curl_global_init failed\n");
         return 1;
       }
-    } else {
+    } else if (!opt.sasl_anonymous) {
       conns[0].password = strdup(opt.password);
     }
   }
 
   proactor = pn_proactor();
   t_launch_ns = now_ns();
-  atomic_store(&live_conns, n_conns);
-  for (long i = 0; i < n_conns; i++) start_connection(&conns[i]);
-  pn_proactor_set_timeout(proactor, opt.scenario == SC_COMMANDS && opt.rate > 0 ? 1 : TICK_MS);
+  if (opt.scenario == SC_CONNECTIONS) {
+    cp_begin_pass(0); /* live_conns counts them as they start */
+  } else {
+    atomic_store(&live_conns, n_conns);
+    for (long i = 0; i < n_conns; i++) start_connection(&conns[i]);
+  }
+  bool paced = (opt.scenario == SC_COMMANDS || opt.scenario == SC_E2E) && opt.rate > 0;
+  pn_proactor_set_timeout(proactor, paced ? 1 : TICK_MS);
 
   pthread_t th[MAX_THREADS], rest_th;
   bool rest_started = false;
@@ -1770,6 +2565,27 @@ int main(int argc, char **argv) {
     p999 = percentile_ms(latencies, nl, 0.999);
   }
   bool incomplete = done < opt.messages;
+  if (opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS) {
+    int rc = opt.scenario == SC_E2E ? report_e2e(done, errs, nl) : report_connections();
+    pn_proactor_free(proactor);
+    if (ssl_domain) pn_ssl_domain_free(ssl_domain);
+    for (long i = 0; i < n_conns; i++) {
+      free(conns[i].device_id);
+      if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
+      free(conns[i].password);
+      free(conns[i].msg);
+    }
+    free(conns);
+    free(latencies);
+    free(recv_lat);
+    free(seen);
+    free(msg_template);
+    free(cp[0].lat);
+    free(cp[1].lat);
+    if (file_password) explicit_bzero(file_password, strlen(file_password));
+    free(file_password);
+    return rc;
+  }
   if (opt.scenario == SC_REST) {
     int rc = report_rest(done, errs, secs, rate, nl);
     pn_proactor_free(proactor);

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Idle device connections against warden: time to connect N, warden's RSS per connection, plain and TLS, with and
+# without TLS session resumption.
+#
+#   bench/connections.sh                  # uses build/release/warden and build/release/bench/warden-bench
+#   CONN_NS="1000 10000" bench/connections.sh
+#
+# For each N in CONN_NS and each mode in MODES, starts a fresh warden on 127.0.0.1 (ports picked by the OS,
+# dev_mode: a generated EC P-256 development certificate for TLS), creates N devices over REST, then runs
+# `warden-bench connections --reconnect` with --pid <warden> (N device connections: SASL PLAIN with a SAS token, open,
+# a session and a receiver on `commands`; all N connect, CONNECT_CONCURRENCY at once, then each is closed and
+# reconnected, 3 at a time), and stops warden by pid. Modes: plain, tls (no resumption), tls-resume (a Proton TLS
+# session id per connection, so each reconnect offers the session its connection had).
+# Writes bench/results/<date>-connections.json and, if a bench/compare.sh result is there, re-renders
+# docs/BENCHMARKS.md.
+#
+# Tunables (env, defaults in brackets): CONN_NS [1000], MODES ["plain tls tls-resume"],
+# CONNECT_CONCURRENCY [100] (warden listens with a backlog of 256), SETTLE_MS [2000] (wait before reading RSS),
+# TIMEOUT [300] s per run, WAIT_CTEST [1] (wait until no `ctest` process runs, at most 25 min), RESULTS_DIR
+# [bench/results], DOC [docs/BENCHMARKS.md; empty = do not write], KEEP=1 (keep the temp dir).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
+BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
+PYTHON=${PYTHON:-python3}
+CONN_NS=${CONN_NS:-1000}
+MODES=${MODES:-plain tls tls-resume}
+CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-100}
+SETTLE_MS=${SETTLE_MS:-2000}
+TIMEOUT=${TIMEOUT:-300}
+WAIT_CTEST=${WAIT_CTEST:-1}
+RESULTS_DIR=${RESULTS_DIR:-$here/results}
+DOC=${DOC-$repo/docs/BENCHMARKS.md}
+
+log() { echo "connections.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
+  [[ -x $bin ]] || die "$bin is missing; build first: cmake --preset release && cmake --build build/release -j2"
+done
+for m in $MODES; do
+  case $m in plain|tls|tls-resume) ;; *) die "unknown mode '$m' (plain, tls, tls-resume)";; esac
+done
+
+# warden (started from here) and warden-bench need a descriptor per connection
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-connections.XXXXXX")
+warden_pid=""
+
+# shellcheck disable=SC2317  # also called from the EXIT trap
+stop_warden() {
+  if [[ -z $warden_pid ]] || ! kill -0 "$warden_pid" 2>/dev/null; then warden_pid=""; return 0; fi
+  kill -TERM "$warden_pid" 2>/dev/null
+  for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$warden_pid" 2>/dev/null; then
+    log "warden (pid $warden_pid) did not stop within 10 s of SIGTERM; killing it"
+    kill -KILL "$warden_pid" 2>/dev/null
+  fi
+  wait "$warden_pid" 2>/dev/null
+  warden_pid=""
+}
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+cleanup() {
+  local rc=$?
+  stop_warden
+  if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if (( WAIT_CTEST )); then
+  for i in $(seq 0 50); do
+    pgrep -x ctest >/dev/null || break
+    (( i == 50 )) && die "ctest still running after 25 minutes; not benchmarking (WAIT_CTEST=0 to skip the check)"
+    (( i == 0 )) && log "a ctest process is running; waiting for it to finish (polling every 30 s, at most 25 min)"
+    sleep 30
+  done
+fi
+
+start_warden() {   # dir, number of devices
+  local d=$1 ndev=$2
+  mkdir -p "$d"
+  cat >"$d/warden.ini" <<EOF
+[store]
+path = $d/data
+max_size = 2G
+[amqp]
+device_rate = 0
+listen = 127.0.0.1:0
+tls_listen = 127.0.0.1:0
+[http]
+listen = 127.0.0.1:0
+[auth]
+dev_mode = true
+EOF
+  "$WARDEN_BIN" serve --config "$d/warden.ini" 2>"$d/warden.log" >/dev/null &
+  warden_pid=$!
+  amqp_port="" amqps_port="" http_port=""
+  for _ in $(seq 1 200); do
+    amqp_port=$(sed -n 's/.*listening amqp 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
+    amqps_port=$(sed -n 's/.*listening amqps 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
+    http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
+    [[ -n $amqp_port && -n $amqps_port && -n $http_port && -s $d/data/admin.token && -s $d/data/tls/dev-cert.pem ]] && break
+    kill -0 "$warden_pid" 2>/dev/null || { cat "$d/warden.log" >&2; die "warden exited early"; }
+    sleep 0.1
+  done
+  [[ -n $amqp_port && -n $amqps_port && -n $http_port ]] || { cat "$d/warden.log" >&2; die "warden did not start"; }
+  head -n1 "$d/data/admin.token" | tr -d '\r\n' >"$d/admin.password"
+  "$PYTHON" "$here/make-devices.py" --http-port "$http_port" --token-file "$d/admin.password" --count "$ndev" \
+    "$d/devices.txt" || die "cannot create $ndev devices"
+}
+
+results=$tmp/runs.jsonl
+: >"$results"
+failed=0
+run=0
+for n in $CONN_NS; do
+  for mode in $MODES; do
+    run=$((run + 1))
+    d=$tmp/run-$run
+    start_warden "$d" "$n"
+    sleep 1   # let warden settle after the registry writes
+    args=(connections --host 127.0.0.1 --devices "$d/devices.txt" --connections "$n" --pid "$warden_pid"
+          --connect-concurrency "$CONNECT_CONCURRENCY" --settle "$SETTLE_MS" --timeout "$TIMEOUT" --reconnect)
+    case $mode in
+      plain) args+=(--port "$amqp_port") ;;
+      tls) args+=(--port "$amqps_port" --tls --ca "$d/data/tls/dev-cert.pem") ;;
+      tls-resume) args+=(--port "$amqps_port" --tls --ca "$d/data/tls/dev-cert.pem" --resume) ;;
+    esac
+    log "[$n $mode] warden pid $warden_pid: warden-bench ${args[*]}"
+    out=$("$BENCH_BIN" "${args[@]}")
+    rc=$?
+    [[ -n $out ]] && printf '%s\n' "$out" >>"$results"
+    (( rc == 0 )) || { log "[$n $mode] warden-bench exited $rc"; failed=1; }
+    kill -0 "$warden_pid" 2>/dev/null || { tail -n 20 "$d/warden.log" >&2; die "warden is gone after [$n $mode]"; }
+    c=$(grep -c -E 'WARN|ERROR' "$d/warden.log" || true)
+    (( c > 0 )) && { log "[$n $mode] warden logged $c warning/error lines; first ones:"; grep -E 'WARN|ERROR' "$d/warden.log" | head -n 5 >&2; }
+    stop_warden
+  done
+done
+
+mkdir -p "$RESULTS_DIR"
+stamp=$(date -u +%Y-%m-%d)
+out=$RESULTS_DIR/$stamp-connections.json
+[[ -e $out ]] && out=$RESULTS_DIR/$stamp-$(date -u +%H%M%S)-connections.json
+rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$repo" status --porcelain 2>/dev/null) ]] && rev="$rev+dirty"
+CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY SETTLE_MS=$SETTLE_MS WARDEN_REV=$rev \
+PROTON_VERSION=$(dpkg-query -W -f '${Version}' libqpid-proton11 2>/dev/null) \
+"$PYTHON" "$here/report.py" connections "$results" "$out" || die "cannot write $out"
+log "wrote $out"
+
+"$PYTHON" "$here/report.py" connections-table "$out"
+
+if [[ -n $DOC ]]; then
+  latest=""
+  for f in "$RESULTS_DIR"/*.json; do
+    [[ -e $f && $f != *-connections.json ]] || continue
+    [[ -z $latest || $f -nt $latest ]] && latest=$f
+  done
+  if [[ -n $latest ]]; then
+    "$PYTHON" "$here/report.py" doc "$latest" "$DOC" && log "re-rendered $DOC with $(basename "$latest")"
+  fi
+fi
+exit $failed
