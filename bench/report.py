@@ -234,6 +234,7 @@ set ylabel "msg/s"
 plot {thr_cols}
 set title "p99 latency (ms, log scale)"
 set ylabel "ms"
+set format y "%g"
 plot {lat_cols}
 unset multiplot
 """.format(png=png_path, title=title, thr_cols=cols.replace("{f}", thr), lat_cols=cols.replace("{f}", lat))
