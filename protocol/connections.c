@@ -159,6 +159,14 @@ void wd_amqp__conn_add_consumer(wd_conn_t *c) {
   pthread_mutex_unlock(&a->conns_lock);
 }
 
+/* Every new connection is watched until its first idle deadline, so with many
+ * connections opening and closing, unlinking must not walk the list. */
+static void idle_unwatch_locked(wd_conn_t *c) {
+  *c->idle_pprev = c->idle_next;
+  if (c->idle_next) c->idle_next->idle_pprev = c->idle_pprev;
+  c->idle_watched = false;
+}
+
 void wd_amqp__conn_gone(wd_conn_t *c) {
   wd_amqp_t *a = c->amqp;
   pthread_mutex_lock(&a->conns_lock);
@@ -172,12 +180,7 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
     if (*pp) *pp = c->consumer_next;
     c->in_consumer_list = false;
   }
-  if (c->idle_watched) {
-    pp = &a->idle_watch;
-    while (*pp && *pp != c) pp = &(*pp)->idle_next;
-    if (*pp) *pp = c->idle_next;
-    c->idle_watched = false;
-  }
+  if (c->idle_watched) idle_unwatch_locked(c);
   if (c->throttled) {
     pp = &a->throttled;
     while (*pp && *pp != c) pp = &(*pp)->throttled_next;
@@ -457,6 +460,8 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
     c->idle_deadline_ms = deadline_mono_ms;
     c->idle_watched = true;
     c->idle_next = a->idle_watch;
+    if (c->idle_next) c->idle_next->idle_pprev = &c->idle_next;
+    c->idle_pprev = &a->idle_watch;
     a->idle_watch = c;
   }
   pthread_mutex_unlock(&a->conns_lock);
@@ -464,14 +469,10 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
 
 void wd_amqp__post_idle_due(wd_amqp_t *a, int64_t now, wd_job_fn fn) {
   pthread_mutex_lock(&a->conns_lock);
-  for (wd_conn_t **pp = &a->idle_watch; *pp;) {
-    wd_conn_t *c = *pp;
-    if (c->idle_deadline_ms > now) {
-      pp = &c->idle_next;
-      continue;
-    }
-    *pp = c->idle_next;
-    c->idle_watched = false;
+  for (wd_conn_t *c = a->idle_watch, *next; c; c = next) {
+    next = c->idle_next;
+    if (c->idle_deadline_ms > now) continue;
+    idle_unwatch_locked(c);
     wd_job_t *job = malloc(sizeof *job);
     if (job) post_locked(c, fn, NULL, job);
   }

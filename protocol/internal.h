@@ -68,6 +68,7 @@ struct wd_conn {
   bool admitted;              /* authenticated and opened */
   wd_conn_t *throttled_next;  /* list of device connections waiting for their rate to allow credit */
   wd_conn_t *idle_next;       /* list of connections whose first idle deadline warden watches */
+  wd_conn_t **idle_pprev;
   bool idle_watched;
   int64_t idle_deadline_ms;   /* monotonic */
   bool throttled;
