@@ -1861,6 +1861,14 @@ static double percentile_ms(const uint64_t *v, long n, double p) {
   return (double)v[rank - 1] / 1e6;
 }
 
+/* Sorts v in place and reads p50, p99 and p99.9 from it; NAN when it is empty. */
+static void sorted_percentiles(uint64_t *v, long n, double *p50, double *p99, double *p999) {
+  if (n > 0) qsort(v, (size_t)n, sizeof *v, cmp_u64);
+  *p50 = percentile_ms(v, n, 0.50);
+  *p99 = percentile_ms(v, n, 0.99);
+  *p999 = percentile_ms(v, n, 0.999);
+}
+
 static void json_num(const char *name, double v, bool last) {
   if (isnan(v))
     printf("\"%s\":null%s", name, last ? "" : ",");
@@ -2069,21 +2077,11 @@ static int parse_args(int argc, char **argv) {
 
 /* commands: prints the JSON object and the stderr line; returns the exit status. */
 static int report_commands(long accepted, long errs, double secs, double rate, long nl) {
-  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
-  if (nl > 0) {
-    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
-    a50 = percentile_ms(latencies, nl, 0.50);
-    a99 = percentile_ms(latencies, nl, 0.99);
-    a999 = percentile_ms(latencies, nl, 0.999);
-  }
+  double a50, a99, a999, p50, p99, p999;
+  sorted_percentiles(latencies, nl, &a50, &a99, &a999);
   long nr = atomic_load(&n_recv_lat);
   if (nr > opt.messages) nr = opt.messages;
-  if (nr > 0) {
-    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
-    p50 = percentile_ms(recv_lat, nr, 0.50);
-    p99 = percentile_ms(recv_lat, nr, 0.99);
-    p999 = percentile_ms(recv_lat, nr, 0.999);
-  }
+  sorted_percentiles(recv_lat, nr, &p50, &p99, &p999);
   long uniq = atomic_load(&received_unique);
   long missing = accepted > uniq ? accepted - uniq : 0;
   long dups = atomic_load(&duplicates), ooo = atomic_load(&out_of_order), mis = atomic_load(&misrouted);
@@ -2146,21 +2144,11 @@ static int report_commands(long accepted, long errs, double secs, double rate, l
 
 /* rest: prints the JSON object and the stderr line; returns the exit status. */
 static int report_rest(long ok202, long errs, double secs, double rate, long nl) {
-  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
-  if (nl > 0) {
-    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
-    a50 = percentile_ms(latencies, nl, 0.50);
-    a99 = percentile_ms(latencies, nl, 0.99);
-    a999 = percentile_ms(latencies, nl, 0.999);
-  }
+  double a50, a99, a999, p50, p99, p999;
+  sorted_percentiles(latencies, nl, &a50, &a99, &a999);
   long nr = atomic_load(&n_recv_lat);
   if (nr > opt.messages) nr = opt.messages;
-  if (nr > 0) {
-    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
-    p50 = percentile_ms(recv_lat, nr, 0.50);
-    p99 = percentile_ms(recv_lat, nr, 0.99);
-    p999 = percentile_ms(recv_lat, nr, 0.999);
-  }
+  sorted_percentiles(recv_lat, nr, &p50, &p99, &p999);
   long uniq = atomic_load(&received_unique);
   long missing = ok202 > uniq ? ok202 - uniq : 0;
   long dups = atomic_load(&duplicates), ooo = atomic_load(&out_of_order), mis = atomic_load(&misrouted);
@@ -2221,21 +2209,11 @@ static int report_rest(long ok202, long errs, double secs, double rate, long nl)
 
 /* e2e: prints the JSON object and the stderr line; returns the exit status. */
 static int report_e2e(long accepted, long errs, long nl) {
-  double a50 = NAN, a99 = NAN, a999 = NAN, p50 = NAN, p99 = NAN, p999 = NAN;
-  if (nl > 0) {
-    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
-    a50 = percentile_ms(latencies, nl, 0.50);
-    a99 = percentile_ms(latencies, nl, 0.99);
-    a999 = percentile_ms(latencies, nl, 0.999);
-  }
+  double a50, a99, a999, p50, p99, p999;
+  sorted_percentiles(latencies, nl, &a50, &a99, &a999);
   long nr = atomic_load(&n_recv_lat);
   if (nr > opt.messages) nr = opt.messages;
-  if (nr > 0) {
-    qsort(recv_lat, (size_t)nr, sizeof *recv_lat, cmp_u64);
-    p50 = percentile_ms(recv_lat, nr, 0.50);
-    p99 = percentile_ms(recv_lat, nr, 0.99);
-    p999 = percentile_ms(recv_lat, nr, 0.999);
-  }
+  sorted_percentiles(recv_lat, nr, &p50, &p99, &p999);
   long uniq = atomic_load(&received_unique), dups = atomic_load(&duplicates), bad = atomic_load(&malformed);
   long missing = accepted > uniq ? accepted - uniq : 0;
   long send_errors = errs;
@@ -2558,12 +2536,7 @@ int main(int argc, char **argv) {
   double p50 = NAN, p99 = NAN, p999 = NAN;
   long nl = atomic_load(&n_latencies);
   if (nl > opt.messages) nl = opt.messages;
-  if (opt.scenario == SC_INGEST && nl > 0) {
-    qsort(latencies, (size_t)nl, sizeof *latencies, cmp_u64);
-    p50 = percentile_ms(latencies, nl, 0.50);
-    p99 = percentile_ms(latencies, nl, 0.99);
-    p999 = percentile_ms(latencies, nl, 0.999);
-  }
+  if (opt.scenario == SC_INGEST) sorted_percentiles(latencies, nl, &p50, &p99, &p999);
   bool incomplete = done < opt.messages;
   if (opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS) {
     int rc = opt.scenario == SC_E2E ? report_e2e(done, errs, nl) : report_connections();

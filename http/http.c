@@ -282,26 +282,40 @@ static void resume(wd_http_t *h, struct MHD_Connection *conn) {
   pthread_mutex_unlock(&g_lock);
 }
 
+/* Any thread: the request p was parked for, unlinked and counted as
+ * resuming, with g_lock held so the caller can hand it the outcome before
+ * unpark_finish; NULL, unlocked, when stop has answered it already. */
+static wd_http_req_t *unpark_claim(pending_t *p) {
+  pthread_mutex_lock(&g_lock);
+  wd_http_req_t *r = p->req;
+  if (!r) {
+    pthread_mutex_unlock(&g_lock);
+    return NULL;
+  }
+  pending_unlink(p);
+  r->h->n_resuming++;
+  return r;
+}
+
+static void unpark_finish(wd_http_req_t *r) {
+  wd_http_t *h = r->h;
+  struct MHD_Connection *conn = r->conn; /* r may be gone once resumed */
+  pthread_mutex_unlock(&g_lock);
+  resume(h, conn);
+}
+
 /* Store writer thread. Copies the result into the request, if it still has
  * one, and resumes it; never blocks. */
 static void on_write_done(void *ctx, int rc, const wd_device_t *after) {
   pending_t *p = ctx;
   wd_device_t *copy = (rc == WD_OK && after) ? wd_device_dup(after) : NULL;
-  struct MHD_Connection *conn = NULL;
-  wd_http_t *h = NULL;
-  pthread_mutex_lock(&g_lock);
-  wd_http_req_t *r = p->req;
+  wd_http_req_t *r = unpark_claim(p);
   if (r) {
-    h = p->h;
-    pending_unlink(p);
     r->store_rc = rc;
     r->after = copy;
     copy = NULL;
-    conn = r->conn;
-    h->n_resuming++;
+    unpark_finish(r);
   }
-  pthread_mutex_unlock(&g_lock);
-  if (conn) resume(h, conn);
   wd_device_free(copy);
   free(p);
 }
@@ -602,18 +616,11 @@ static pending_t *park(wd_http_req_t *r) {
 
 /* The work never started: resume r with rc unless stop already took it. */
 static void unpark_failed(wd_http_req_t *r, pending_t *p, int rc) {
-  wd_http_t *h = r->h;
-  bool mine = false;
-  pthread_mutex_lock(&g_lock);
-  if (p->req) {
-    pending_unlink(p);
+  if (unpark_claim(p) == r) {
     r->store_rc = rc;
-    h->n_resuming++;
-    mine = true;
+    unpark_finish(r);
   }
-  pthread_mutex_unlock(&g_lock);
   free(p);
-  if (mine) resume(h, r->conn);
 }
 
 /* Any thread: the command or notification was queued, refused, or (waiting)
@@ -625,13 +632,8 @@ static void on_sent(void *arg, const wd_send_result_t *res) {
     body = malloc(res->response_len);
     if (body) memcpy(body, res->response, res->response_len);
   }
-  struct MHD_Connection *conn = NULL;
-  wd_http_t *h = NULL;
-  pthread_mutex_lock(&g_lock);
-  wd_http_req_t *r = p->req;
+  wd_http_req_t *r = unpark_claim(p);
   if (r) {
-    h = p->h;
-    pending_unlink(p);
     r->store_rc = res->rc;
     r->sent = *res;
     snprintf(r->sent_outcome, sizeof r->sent_outcome, "%s", res->outcome ? res->outcome : "");
@@ -640,11 +642,8 @@ static void on_sent(void *arg, const wd_send_result_t *res) {
     r->sent.response = body;
     r->sent.response_len = body ? res->response_len : 0;
     body = NULL;
-    conn = r->conn;
-    h->n_resuming++;
+    unpark_finish(r);
   }
-  pthread_mutex_unlock(&g_lock);
-  if (conn) resume(h, conn);
   free(body);
   free(p);
 }
@@ -771,20 +770,12 @@ static enum MHD_Result send_done(wd_http_req_t *r, int rc) {
 
 static void on_purged(void *ctx, int rc, uint64_t count) {
   pending_t *p = ctx;
-  struct MHD_Connection *conn = NULL;
-  wd_http_t *h = NULL;
-  pthread_mutex_lock(&g_lock);
-  wd_http_req_t *r = p->req;
+  wd_http_req_t *r = unpark_claim(p);
   if (r) {
-    h = p->h;
-    pending_unlink(p);
     r->store_rc = rc;
     r->purged = count;
-    conn = r->conn;
-    h->n_resuming++;
+    unpark_finish(r);
   }
-  pthread_mutex_unlock(&g_lock);
-  if (conn) resume(h, conn);
   free(p);
 }
 
