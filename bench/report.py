@@ -255,16 +255,19 @@ def conn_mode(r):
 def connections_md(cres):
     rows = ["| connections | transport | connect all: time | connects/s | connect p50 / p99 ms | server RSS per "
             "connection | server CPU per connect | reconnect one by one: p50 / p99 ms | server CPU per close + "
-            "reconnect | TLS sessions resumed |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "reconnect | TLS sessions resumed | server RSS once all closed |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in cres["runs"]:
-        rows.append("| %s | %s | %s s | %s | %s / %s | %s kB | %s µs | %s / %s | %s µs | %s |" % (
+        closed = r.get("server_rss_after_close_kb")
+        before = r.get("server_rss_before_kb")
+        rows.append("| %s | %s | %s s | %s | %s / %s | %s kB | %s µs | %s / %s | %s µs | %s | %s |" % (
             fmt(r["connections"]), conn_mode(r), fmt(r["seconds"], ".2f"), fmt(r["rate"]),
             fmt(r["connect_p50_ms"], ".1f"), fmt(r["connect_p99_ms"], ".1f"),
             fmt(r["server_rss_per_connection_kb"], ".1f"), fmt(r.get("server_cpu_us_per_connection")),
             fmt(r.get("reconnect_connect_p50_ms"), ".2f"), fmt(r.get("reconnect_connect_p99_ms"), ".2f"),
             fmt(r.get("reconnect_server_cpu_us_per_connection")),
-            "–" if not r["tls"] else fmt(r.get("reconnect_resumed"))))
+            "–" if not r["tls"] else fmt(r.get("reconnect_resumed")),
+            "+%s MB" % fmt((closed - before) / 1024.0, ".1f") if closed is not None and before is not None else "–"))
     return "\n".join(rows)
 
 

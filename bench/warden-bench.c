@@ -1212,7 +1212,7 @@ static void finish(void);
  * that cache, so every reconnect can resume. */
 #define ROLL_WIDTH 3
 
-typedef enum { CP_CONNECTING, CP_ROLLING, CP_SETTLING, CP_HOLDING, CP_CLOSING, CP_DONE } conn_phase_t;
+typedef enum { CP_CONNECTING, CP_ROLLING, CP_SETTLING, CP_HOLDING, CP_CLOSING, CP_CLOSED, CP_DONE } conn_phase_t;
 
 typedef struct {
   long ready, failed, resumed;
@@ -1231,6 +1231,7 @@ static long cp_next;      /* next connection to start (pass 1) or to close and r
 static long cp_pending;   /* started (pass 2: or closing), neither ready nor failed */
 static int64_t cp_phase_end;
 static long cp_rss0_server = -1, cp_rss0_client = -1;
+static long cp_rss_closed_server = -1; /* the settle time after every connection closed */
 static pn_ssl_domain_t *ssl_domain;
 static long src_addrs;    /* source addresses in use (1 = the kernel's choice) */
 static atomic_long src_counter;
@@ -1399,9 +1400,10 @@ static void cp_all_closed(void) {
     pthread_mutex_unlock(&cp_lock);
     return;
   }
-  cp_phase = CP_DONE;
+  /* What the server gives back once its connections are gone is measured after the same settle time. */
+  cp_phase = CP_CLOSED;
+  cp_phase_end = now_ns() + (opt.server_pid ? opt.settle_ms * 1000000 : 0);
   pthread_mutex_unlock(&cp_lock);
-  finish();
 }
 
 /* Called on every tick: moves through settle -> hold -> (rolling reconnect -> settle ->) close. */
@@ -1423,9 +1425,16 @@ static void cp_tick(void) {
       close_now = true;
     }
   }
+  bool done_now = false;
+  if (cp_phase == CP_CLOSED && t >= cp_phase_end) {
+    cp_rss_closed_server = opt.server_pid ? rss_kb(opt.server_pid) : -1;
+    cp_phase = CP_DONE;
+    done_now = true;
+  }
   pthread_mutex_unlock(&cp_lock);
   if (roll_now) cp_begin_pass(1);
   if (close_now) cp_close_all();
+  if (done_now) finish();
 }
 
 /* SSL client domain for --tls: verifies the server against --ca (and its name against --sas-host), or, without
@@ -2319,6 +2328,7 @@ static int report_connections(void) {
   json_pass("", p);
   json_num("server_rss_per_connection_kb", srv_per, false);
   json_num("client_rss_per_connection_kb", cli_per, false);
+  json_kb("server_rss_after_close_kb", cp_rss_closed_server);
   if (opt.reconnect) {
     json_pass("reconnect_", q);
   } else {
@@ -2357,6 +2367,9 @@ static int report_connections(void) {
             q->n_lat ? percentile_ms(q->lat, q->n_lat, 0.99) : NAN,
             c1);
   }
+  if (cp_rss_closed_server >= 0 && cp_rss0_server >= 0)
+    fprintf(stderr, "; server RSS %+.1f MB from before the first connection once all closed",
+            (double)(cp_rss_closed_server - cp_rss0_server) / 1024.0);
   fprintf(stderr, "%s\n", atomic_load(&timed_out) ? " (TIMED OUT)" : "");
   return failed || atomic_load(&timed_out) || atomic_load(&conn_failures) || p->ready < n_conns ||
                  (opt.reconnect && q->ready < n_conns)

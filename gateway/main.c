@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 
 #include "gateway/base/err.h"
 #include "gateway/base/log.h"
+#include "gateway/base/metrics.h"
 #include "gateway/base/scopes.h"
 #include "gateway/base/util.h"
 #include "gateway/cli.h"
@@ -111,6 +113,21 @@ static char *jwt_public_key(const char *path) {
     return NULL;
   }
   return pem;
+}
+
+/* glibc keeps what closed connections freed inside its arenas, where it still
+ * counts as resident: after 3 000 idle TLS connections closed, warden stayed at
+ * 210 MB without a trim and fell to 39 MB with one (which took 25 ms). It runs
+ * at most once a second, and only when connections came or went since the
+ * last time. */
+static void trim_after_churn(uint64_t *churn_seen) {
+  uint64_t churn = atomic_load(&wd_metrics.connections_accepted) + atomic_load(&wd_metrics.connections_closed);
+  if (churn == *churn_seen) return;
+  *churn_seen = churn;
+  int64_t t0 = wd_mono_us();
+  malloc_trim(0);
+  wd_log("gateway", WD_LOG_DEBUG, "returned free memory to the system in %lld us",
+         (long long)(wd_mono_us() - t0));
 }
 
 static void *proactor_thread(void *arg) {
@@ -235,8 +252,9 @@ static int serve(const char *config_path) {
   wd_log("gateway", WD_LOG_INFO, "warden ready (%u threads, store %s, dev_mode %s)", n_threads, cfg->store_path,
          cfg->dev_mode ? "on" : "off");
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  int sig;
+  uint64_t churn_seen = 0;
+  while ((sig = sigtimedwait(&signals, NULL, &(struct timespec){1, 0})) < 0) trim_after_churn(&churn_seen);
   wd_log("gateway", WD_LOG_INFO, "%s: draining and stopping", strsignal(sig));
   exit_code = 0;
 

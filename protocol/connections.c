@@ -56,6 +56,7 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
   c->pn = pn;
   c->tls = tls;
   atomic_store(&c->last_seen_ms, wd_now_ms());
+  wd_metric_add(&wd_metrics.connections_accepted, 1);
   pthread_mutex_lock(&a->conns_lock);
   c->id = ++a->next_conn_id;
   c->accepted_mono_ms = wd_mono_ms();
@@ -67,7 +68,10 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
   return c;
 }
 
-void wd_amqp__conn_free(wd_conn_t *c) { free(c); }
+void wd_amqp__conn_free(wd_conn_t *c) {
+  wd_metric_add(&wd_metrics.connections_closed, 1);
+  free(c);
+}
 
 size_t wd_amqp__conn_count(wd_amqp_t *a) {
   pthread_mutex_lock(&a->conns_lock);

@@ -57,6 +57,15 @@ int wd_metrics_render(char **b, size_t *l, size_t *c) {
                              (long long)atomic_load(&m->connections_service));
   if (rc == WD_OK)
     rc = wd_metrics_printf(b, l, c,
+                           "# HELP warden_connections_accepted_total AMQP connections accepted, before authentication.\n"
+                           "# TYPE warden_connections_accepted_total counter\n"
+                           "warden_connections_accepted_total %llu\n"
+                           "# HELP warden_connections_closed_total AMQP connections ended, for any reason.\n"
+                           "# TYPE warden_connections_closed_total counter\n"
+                           "warden_connections_closed_total %llu\n",
+                           LOAD(m->connections_accepted), LOAD(m->connections_closed));
+  if (rc == WD_OK)
+    rc = wd_metrics_printf(b, l, c,
                            "# HELP warden_messages_in_total Messages accepted, by address.\n"
                            "# TYPE warden_messages_in_total counter\n");
   for (int i = 0; i < WD_MA_COUNT && rc == WD_OK; i++)

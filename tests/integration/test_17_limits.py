@@ -172,6 +172,14 @@ class AuthFailuresPerAddressTest(LimitsCase):
         failures = metric_value(m.body.decode("utf-8", "replace"), "warden_auth_failures_total")
         self.assertIsNotNone(failures, "warden_auth_failures_total missing from /metrics")
         self.assertGreaterEqual(failures, self.ATTEMPTS + 2)
+        text = m.body.decode("utf-8", "replace")
+        accepted = metric_value(text, "warden_connections_accepted_total")
+        closed = metric_value(text, "warden_connections_closed_total")
+        self.assertIsNotNone(accepted, "warden_connections_accepted_total missing from /metrics")
+        self.assertIsNotNone(closed, "warden_connections_closed_total missing from /metrics")
+        # every refused login was a connection accepted and then closed; the legitimate sender is still open
+        self.assertGreaterEqual(closed, self.ATTEMPTS)
+        self.assertGreaterEqual(accepted, closed + 1)
 
         c.close()
         got = self.read_group(gw, new_id("g"), sent, device=legit, timeout=20)
