@@ -6,8 +6,9 @@
 #
 # Installs what is missing with apt-get (rabbitmq-server, libqpid-proton11-dev-examples, gnuplot-nox; needs root),
 # starts the three servers on loopback ports picked at random, runs ingest (CONNS x WINDOW unsettled, SIZE bytes,
-# durable where the server supports it), drain, e2e unpaced and e2e paced at E2E_RATE against each, the servers
-# alternating between rounds, then
+# durable where the server supports it), drain, e2e unpaced, e2e paced at E2E_RATE, e2e paced at E2E_FAST_RATE
+# (the servers in E2E_FAST_SERVERS) and the round trip with one message in flight (RTT_MSGS messages) against each,
+# the servers alternating between rounds; warden alone also gets REST command -> device at REST_RATE; then
 # `connections` (CONN_N idle connections, RSS per connection). Writes bench/results/<date>.json and
 # bench/results/<date>.png and renders docs/BENCHMARKS.md (bench/report.py). Stops every server it started by pid.
 #
@@ -15,6 +16,8 @@
 # SIZE [256], DRAIN_WINDOW [500], MSGS_WARDEN [600000], MSGS_RABBITMQ [200000], MSGS_PROTON [1500000] (messages
 # per ingest/drain/e2e run; sized for several seconds per run on 2 vCPUs), E2E_RATE [5000] msg/s and E2E_DURATION
 # [10] s for the paced e2e (a rate every server sustains: its latency is the servers', not a backlog's),
+# E2E_FAST_RATE [100000] msg/s for E2E_DURATION s on E2E_FAST_SERVERS ["warden proton"] (issue #6's e2e target;
+# RabbitMQ would only queue a backlog), RTT_MSGS [3000], REST_RATE [1000] commands/s for REST_DURATION [10] s,
 # TIMEOUT [300] s per run, CONN_N [1000]
 # (0 = skip connections), CONNECT_CONCURRENCY [16], BENCH_THREADS [1], WAIT_CTEST [1] (first wait until no
 # `ctest` process runs, polling every 30 s, at most 25 min), INSTALL [1], PROTON_BROKER_PATCH [1] (see below),
@@ -37,6 +40,11 @@ MSGS_RABBITMQ=${MSGS_RABBITMQ:-200000}
 MSGS_PROTON=${MSGS_PROTON:-1500000}
 E2E_RATE=${E2E_RATE:-5000}
 E2E_DURATION=${E2E_DURATION:-10}
+E2E_FAST_RATE=${E2E_FAST_RATE:-100000}
+E2E_FAST_SERVERS=${E2E_FAST_SERVERS:-warden proton}
+RTT_MSGS=${RTT_MSGS:-3000}
+REST_RATE=${REST_RATE:-1000}
+REST_DURATION=${REST_DURATION:-10}
 TIMEOUT=${TIMEOUT:-300}
 CONN_N=${CONN_N:-1000}
 CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-16}
@@ -345,6 +353,18 @@ for round in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2046
     run "$s" "$round" e2e-paced e2e $(args_for "$s" both) --connections "$CONNS" --window "$WINDOW" --size "$SIZE" \
         --drain-window "$DRAIN_WINDOW" --rate "$E2E_RATE" --duration "$E2E_DURATION"
+    if [[ " $E2E_FAST_SERVERS " == *" $s "* ]]; then
+      # shellcheck disable=SC2046
+      run "$s" "$round" e2e-fast e2e $(args_for "$s" both) --connections "$CONNS" --window "$WINDOW" --size "$SIZE" \
+          --drain-window "$DRAIN_WINDOW" --rate "$E2E_FAST_RATE" --duration "$E2E_DURATION"
+    fi
+    # shellcheck disable=SC2046
+    run "$s" "$round" rtt ingest $(args_for "$s" send) --connections 1 --window 1 --size "$SIZE" --messages "$RTT_MSGS"
+    if [[ $s == warden ]]; then
+      run warden "$round" rest-paced rest --port "$warden_port" --http-port "$warden_http" \
+          --token-file "$tmp/warden/admin.password" --devices "$tmp/warden/devices.txt" --connections "$CONNS" \
+          --size "$SIZE" --concurrency 32 --rate "$REST_RATE" --duration "$REST_DURATION"
+    fi
   done
 done
 
@@ -370,7 +390,8 @@ base=$RESULTS_DIR/$stamp
 rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$repo" status --porcelain 2>/dev/null) ]] && rev="$rev+dirty"
 ROUNDS=$ROUNDS CONNS=$CONNS WINDOW=$WINDOW SIZE=$SIZE DRAIN_WINDOW=$DRAIN_WINDOW CONN_N=$CONN_N \
-CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY E2E_RATE=$E2E_RATE E2E_DURATION=$E2E_DURATION MSGS_WARDEN=$MSGS_WARDEN MSGS_RABBITMQ=$MSGS_RABBITMQ MSGS_PROTON=$MSGS_PROTON \
+CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY E2E_RATE=$E2E_RATE E2E_DURATION=$E2E_DURATION E2E_FAST_RATE=$E2E_FAST_RATE \
+RTT_MSGS=$RTT_MSGS REST_RATE=$REST_RATE REST_DURATION=$REST_DURATION MSGS_WARDEN=$MSGS_WARDEN MSGS_RABBITMQ=$MSGS_RABBITMQ MSGS_PROTON=$MSGS_PROTON \
 PROTON_PATCHED=${proton_patched:-false} WARDEN_REV=$rev \
 RABBITMQ_VERSION=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null) \
 ERLANG_VERSION=$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null) \

@@ -42,6 +42,19 @@ def machine():
     return m
 
 
+# summary keys, from the labels compare.sh gives its runs
+SCENARIOS = ("ingest", "drain", "e2e", "e2e_paced", "e2e_fast", "rtt", "rest_paced")
+
+
+def run_key(r):
+    label = r.get("label")
+    if label:
+        return label.replace("-", "_")
+    if r["scenario"] == "e2e":  # results written before runs had labels
+        return "e2e" if r.get("target_rate") is None else "e2e_paced"
+    return r["scenario"]
+
+
 def env_int(name, default=None):
     v = os.environ.get(name)
     return int(v) if v not in (None, "") else default
@@ -60,13 +73,8 @@ def summarize(runs_path, out_path):
         if not mine:
             continue
         out = {}
-        for sc in ("ingest", "drain", "e2e", "e2e_paced"):
-            if sc == "e2e":
-                rs = [r for r in mine if r["scenario"] == "e2e" and r.get("target_rate") is None]
-            elif sc == "e2e_paced":
-                rs = [r for r in mine if r["scenario"] == "e2e" and r.get("target_rate") is not None]
-            else:
-                rs = [r for r in mine if r["scenario"] == sc]
+        for sc in SCENARIOS:
+            rs = [r for r in mine if run_key(r) == sc]
             if not rs:
                 continue
             rates = [r["rate"] for r in rs if r.get("rate")]
@@ -82,9 +90,11 @@ def summarize(runs_path, out_path):
                 "timed_out": sum(1 for r in rs if r.get("timed_out")),
                 "messages": rs[0]["messages"],
             }
-            if sc.startswith("e2e"):
+            if sc.startswith("e2e") or sc == "rest_paced":
                 d["target_rate"] = rs[0].get("target_rate")
-                d["max_send_lag_ms"] = max((r.get("max_send_lag_ms") or 0) for r in rs) if sc == "e2e_paced" else None
+                d["max_send_lag_ms"] = (max((r.get("max_send_lag_ms") or 0) for r in rs)
+                                        if d["target_rate"] is not None else None)
+                d["max_gap_ms"] = max((r.get("max_gap_ms") or 0) for r in rs)
                 d["ingest_rate"] = med([r.get("ingest_rate") for r in rs])
                 d["accept_p99_ms"] = med([r.get("accept_p99_ms") for r in rs])
                 d["stale"] = sum(r.get("stale", 0) for r in rs)
@@ -111,6 +121,8 @@ def summarize(runs_path, out_path):
             "messages": {"warden": env_int("MSGS_WARDEN"), "rabbitmq": env_int("MSGS_RABBITMQ"),
                          "proton": env_int("MSGS_PROTON")},
             "e2e_rate": env_int("E2E_RATE"), "e2e_duration": env_int("E2E_DURATION"),
+            "e2e_fast_rate": env_int("E2E_FAST_RATE"), "rtt_messages": env_int("RTT_MSGS"),
+            "rest_rate": env_int("REST_RATE"), "rest_duration": env_int("REST_DURATION"),
             "idle_connections": env_int("CONN_N"), "connect_concurrency": env_int("CONNECT_CONCURRENCY"),
             "proton_broker_patched_pop": os.environ.get("PROTON_PATCHED") == "true",
         },
@@ -143,19 +155,82 @@ def g(d, *path):
 
 def table_md(res):
     sm = res["summary"]
-    r = res["params"].get("e2e_rate")
+    p = res["params"]
     rows = ["| server | ingest msg/s | ingest settle p99 ms | drain msg/s | e2e msg/s | e2e p50 / p99 ms "
-            "| e2e at %s msg/s: p50 / p99 / p99.9 ms | idle connection RSS kB |" % fmt(r),
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| e2e at %s msg/s: p50 / p99 / p99.9 ms | e2e at %s msg/s: p50 / p99 ms | round trip, 1 in flight: "
+            "p50 / p99 ms | idle connection RSS kB |" % (fmt(p.get("e2e_rate")), fmt(p.get("e2e_fast_rate"))),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in SERVERS:
         if s not in sm:
             continue
         x = sm[s]
-        rows.append("| %s | %s | %s | %s | %s | %s / %s | %s / %s / %s | %s |" % (
+        rows.append("| %s | %s | %s | %s | %s | %s / %s | %s / %s / %s | %s | %s / %s | %s |" % (
             NAMES[s], fmt(g(x, "ingest", "rate")), fmt(g(x, "ingest", "p99_ms"), ".1f"), fmt(g(x, "drain", "rate")),
             fmt(g(x, "e2e", "rate")), fmt(g(x, "e2e", "p50_ms"), ".1f"), fmt(g(x, "e2e", "p99_ms"), ".1f"),
             fmt(g(x, "e2e_paced", "p50_ms"), ".2f"), fmt(g(x, "e2e_paced", "p99_ms"), ".2f"),
-            fmt(g(x, "e2e_paced", "p999_ms"), ".2f"), fmt(g(x, "connections", "server_rss_per_connection_kb"), ".1f")))
+            fmt(g(x, "e2e_paced", "p999_ms"), ".2f"),
+            "–" if "e2e_fast" not in x else "%s / %s (%s msg/s)" % (
+                fmt(g(x, "e2e_fast", "p50_ms"), ".2f"), fmt(g(x, "e2e_fast", "p99_ms"), ".2f"),
+                fmt(g(x, "e2e_fast", "rate"))),
+            fmt(g(x, "rtt", "p50_ms"), ".2f"), fmt(g(x, "rtt", "p99_ms"), ".2f"),
+            fmt(g(x, "connections", "server_rss_per_connection_kb"), ".1f")))
+    return "\n".join(rows)
+
+
+def targets_md(res, cres):
+    """Issue #6's targets against this run (and the connections run beside it)."""
+    sm = res["summary"]
+    w = sm.get("warden")
+    if not w:
+        return ""
+    p = res["params"]
+    rows = ["| target (issue #6) | measured | met |", "| --- | --- | :---: |"]
+
+    def row(name, measured, ok):
+        rows.append("| %s | %s | %s |" % (name, measured, "–" if ok is None else ("yes" if ok else "**no**")))
+
+    def at_least(v, limit):
+        return None if v is None else v >= limit
+
+    def below(v, limit):
+        return None if v is None else v < limit
+
+    ing, ing99 = g(w, "ingest", "rate"), g(w, "ingest", "p99_ms")
+    row("durable ingest ≥ 150 000 msg/s, settle p99 < 5 ms", "%s msg/s, p99 %s ms" % (fmt(ing), fmt(ing99, ".1f")),
+        None if ing is None or ing99 is None else ing >= 150000 and ing99 < 5)
+    for s, k in (("rabbitmq", 8), ("proton", 0.5)):
+        o = g(sm, s, "ingest", "rate")
+        if o:
+            row("ingest ≥ %g× %s" % (k, SHORT[s]), ratio(ing, o), at_least(ing / o if ing else None, k))
+    dr = g(w, "drain", "rate")
+    row("drain ≥ 150 000 msg/s", "%s msg/s" % fmt(dr), at_least(dr, 150000))
+    fr, f99 = g(w, "e2e_fast", "rate"), g(w, "e2e_fast", "p99_ms")
+    target_rate = p.get("e2e_fast_rate") or 100000
+    row("e2e ≥ 100 000 msg/s with end-to-end p99 < 10 ms",
+        "paced at %s: %s msg/s, p99 %s ms (unpaced, 10 × %s in flight: %s msg/s, p99 %s ms)" % (
+            fmt(target_rate), fmt(fr), fmt(f99, ".2f"), p.get("window"), fmt(g(w, "e2e", "rate")),
+            fmt(g(w, "e2e", "p99_ms"), ".1f")),
+        None if fr is None or f99 is None else fr >= 0.99 * 100000 and f99 < 10)
+    rtt = g(w, "rtt", "p50_ms")
+    row("unloaded durable round trip p50 ≤ 0.3 ms", "p50 %s ms, p99 %s ms" % (fmt(rtt, ".2f"),
+                                                                             fmt(g(w, "rtt", "p99_ms"), ".2f")),
+        None if rtt is None else rtt <= 0.3)
+    r99 = g(w, "rest_paced", "p99_ms")
+    row("REST command → device p99 < 5 ms at 1 000/s", "p50 %s ms, p99 %s ms, p99.9 %s ms at %s/s" % (
+        fmt(g(w, "rest_paced", "p50_ms"), ".2f"), fmt(r99, ".2f"), fmt(g(w, "rest_paced", "p999_ms"), ".2f"),
+        fmt(g(w, "rest_paced", "rate"))), below(r99, 5))
+    if cres:
+        runs = cres.get("runs", [])
+        most = max((r.get("connected") or 0 for r in runs), default=0)
+        row("100 000 concurrent idle device connections", "%s (the most run here; see Connections)" % fmt(most),
+            most >= 100000)
+        for tls, limit in ((False, 16), (True, 48)):
+            per = [r["server_rss_per_connection_kb"] for r in runs
+                   if bool(r.get("tls")) == tls and r.get("server_rss_per_connection_kb") is not None]
+            if per:
+                worst = max(per)
+                row("≤ %d KiB of gateway RSS per idle connection, %s" % (limit, "TLS" if tls else "plain TCP"),
+                    "%s KiB (worst row)" % fmt(worst, ".1f"), worst <= limit)
     return "\n".join(rows)
 
 
@@ -328,6 +403,10 @@ def doc(res_path, md_path):
                "measure it;")
     out.append("- **e2e at %s msg/s**: the same, paced at a rate every server sustains, for %s s: the servers' own "
                "end-to-end latency;" % (fmt(p.get("e2e_rate")), p.get("e2e_duration")))
+    out.append("- **e2e at %s msg/s**: the same, paced at issue #6's e2e rate, for the servers that sustain it;"
+               % fmt(p.get("e2e_fast_rate")))
+    out.append("- **round trip, 1 in flight**: ingest with one connection and one unsettled message (%s messages): "
+               "send → `accepted`, durable;" % fmt(p.get("rtt_messages")))
     out.append("- **idle connection RSS**: the server's VmRSS growth per idle connection (SASL, open, one session, "
                "no link), %s connections opened %s at a time, read 2 s after the last one opened.\n"
                % (fmt(p.get("idle_connections")), p.get("connect_concurrency")))
@@ -343,6 +422,11 @@ def doc(res_path, md_path):
         out.append("Paced e2e p99 by round: %s. A pause of tens to hundreds of ms in one round moves its p99; "
                    "`max_gap_ms` and `max_send_lag_ms` in the JSON show whether the client stalled too.\n"
                    % "; ".join(per_round))
+    tg = targets_md(res, json.load(open(cfile)) if cfile else None)
+    if tg:
+        out.append("### Targets\n")
+        out.append(tg)
+        out.append("")
     rt = ratios_md(res)
     if rt:
         out.append("Ratios (warden's figure divided by the other's; above 1 is better for rates, below 1 is better "
