@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -130,6 +131,30 @@ static void trim_after_churn(uint64_t *churn_seen) {
          (long long)(wd_mono_us() - t0));
 }
 
+/* Descriptors warden needs besides its AMQP connections: store, listeners,
+ * REST clients, epoll and eventfds. */
+#define FD_RESERVE 64
+
+/* Every connection holds a descriptor: take all the hard limit allows, and say
+ * so when even that falls short of max_connections. */
+static void raise_fd_limit(const wd_config_t *cfg) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur != rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  }
+  rlim_t want = (rlim_t)cfg->max_connections + FD_RESERVE;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    wd_log("gateway", WD_LOG_WARNING,
+           "[amqp] max_connections is %u, but this process may open only %llu descriptors (RLIMIT_NOFILE): "
+           "past about %llu connections, new ones wait until others close; raise the limit (systemd: "
+           "LimitNOFILE=%llu)",
+           (unsigned)cfg->max_connections, (unsigned long long)rl.rlim_cur,
+           (unsigned long long)(rl.rlim_cur > FD_RESERVE ? rl.rlim_cur - FD_RESERVE : 0),
+           (unsigned long long)want);
+}
+
 static void *proactor_thread(void *arg) {
   wd_amqp_run(arg);
   return NULL;
@@ -143,6 +168,7 @@ static int serve(const char *config_path) {
     return 2;
   }
   wd_log_parse_level(cfg->log_level, &wd_log_threshold);
+  raise_fd_limit(cfg);
   if (cfg->upstream_url)
     wd_log("gateway", WD_LOG_WARNING, "[upstream] is configured but federation is not implemented yet; ignored");
 

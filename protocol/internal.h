@@ -262,6 +262,11 @@ void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a);
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);
 
-#define WD_CREDIT_WINDOW 256
+/* Messages a link may have outstanding (credit plus commits pending). With
+ * commits of 0.4-1 ms that is still 100 000 msg/s for one link; a larger window
+ * only lengthens the queue at the store: 10 devices x 100 unsettled settled at
+ * p99 2.6-3.5 ms and 258-322k msg/s with 96, against 5.7-7.1 ms and 241-281k
+ * msg/s with 256 (same machine, runs alternated). */
+#define WD_CREDIT_WINDOW 96
 
 #endif

@@ -12,7 +12,7 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 from limits_helpers import RawAmqp, sasl_init_plain
-from warden_harness import WardenTestCase, new_id, sas_token
+from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
 class Flood(MessagingHandler):
@@ -233,3 +233,41 @@ class WrongSaslTest(WardenTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DescriptorExhaustionTest(WardenTestCase):
+    """Every connection is a descriptor. A warden that runs out of them must
+    keep its listener: once sockets close, devices get in again."""
+
+    NOFILE = 128
+
+    def test_running_out_of_descriptors_keeps_the_listener(self):
+        gw = self.start_gateway(nofile=self.NOFILE, tls=False)
+        warning = [l for l in gw.stderr().splitlines() if "RLIMIT_NOFILE" in l]
+        self.assertTrue(warning, "no warning that max_connections exceeds the descriptor limit")
+        self.assertIn("max_connections", warning[0])
+        dev, key = gw.create_device()
+
+        socks = []
+        try:
+            for _ in range(self.NOFILE + 64):
+                socks.append(socket.create_connection(("127.0.0.1", gw.ports["amqp"]), timeout=5))
+            time.sleep(1.0)  # warden accepts until its descriptors run out
+            self.assertTrue(gw.alive(), "warden died when its descriptors ran out")
+        finally:
+            for s in socks:
+                s.close()
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                c = gw.device_client(dev, key, timeout=5.0)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure to connect is retried until the deadline
+                if time.monotonic() > deadline:
+                    self.fail("no device could connect after the descriptors were freed: %s\n%s"
+                              % (e, gw.stderr()[-2000:]))
+                time.sleep(0.2)
+        self.addCleanup(c.close)
+        sender = c.sender("telemetry")
+        self.assertEqual(sender.send(telemetry_message(b"after exhaustion", msg_id=new_id("m"))), ACCEPTED)

@@ -17,6 +17,7 @@ import hmac
 import http.client
 import json
 import os
+import resource
 import queue
 import re
 import shutil
@@ -225,8 +226,9 @@ class Gateway:
 
     def __init__(self, dev_mode=True, allow_key_password=False, plain=True, tls=True,
                  tls_cert=None, tls_key=None, tls_ca=None, server_ca=None, services=None, sections=None,
-                 workdir=None):
+                 workdir=None, nofile=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="warden-it-")
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the warden process; None = inherited
         self.data = os.path.join(self.dir, "data")
         self.config_path = os.path.join(self.dir, "warden.ini")
         self.plain, self.tls = plain, tls
@@ -289,8 +291,12 @@ class Gateway:
         self.log_path = os.path.join(self.dir, "stderr-%d.log" % self.starts)
         out_path = os.path.join(self.dir, "stdout-%d.log" % self.starts)
         with open(self.log_path, "wb") as err, open(out_path, "wb") as out:
+            limit = None
+            if self.nofile:
+                limit = lambda n=self.nofile: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
             self.proc = subprocess.Popen([WARDEN_BIN, "serve", "--config", self.config_path],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=self.dir)
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=self.dir,
+                                         preexec_fn=limit)
         _track(self.proc)
         want = {"http"}
         if self.plain:
