@@ -412,8 +412,8 @@ def doc(res_path, md_path):
                % (fmt(p.get("idle_connections")), p.get("connect_concurrency")))
     per_round = []
     for s in SERVERS:
-        rs = sorted((r for r in res.get("runs", []) if r["server"] == s and r["scenario"] == "e2e"
-                     and r.get("target_rate") is not None), key=lambda r: r["round"])
+        rs = sorted((r for r in res.get("runs", []) if r["server"] == s and run_key(r) == "e2e_paced"),
+                    key=lambda r: r["round"])
         if rs:
             per_round.append("%s %s ms (longest pause %s ms)" % (
                 SHORT[s], " / ".join(fmt(r.get("p99_ms"), ".1f") for r in rs),
