@@ -427,6 +427,8 @@ def doc(res_path, md_path):
         out.append("### Targets\n")
         out.append(tg)
         out.append("")
+        out.append("What each optimisation bought, where the time and memory go, and why the targets marked "
+                   "**no** are out of reach as things stand: [PERFORMANCE.md](PERFORMANCE.md).\n")
     rt = ratios_md(res)
     if rt:
         out.append("Ratios (warden's figure divided by the other's; above 1 is better for rates, below 1 is better "
@@ -451,6 +453,10 @@ def doc(res_path, md_path):
                    "the reconnect offers the TLS session its connection had.\n" % (
                        cres.get("date", "?"), os.path.basename(cfile), rel(cfile), cp.get("connect_concurrency", "?"),
                        cp.get("connect_concurrency", "?")))
+        out.append("The largest N is the most this machine allows: its hard `RLIMIT_NOFILE` is 20 000 per "
+                   "process and raising it needs `CAP_SYS_RESOURCE`, which the sandbox withholds; 100 000 "
+                   "connections could not be tried here. **server RSS once all closed** is warden's VmRSS 2 s "
+                   "after the last connection closed, against before the first one opened.\n")
         out.append(connections_md(cres))
         out.append("")
         out.append("Resumption with Proton 0.37 as the client: Proton saves a connection's TLS session when it shuts "
