@@ -294,29 +294,37 @@ int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *
   return WD_OK;
 }
 
+typedef struct {
+  pn_link_t *link;
+  wd_store_group_t *group;
+  bool presettled;
+  uint64_t sent;
+} pump_t;
+
+/* Sends one claimed record straight from the store into Proton's buffer. */
+static void send_record(void *arg, uint64_t seq, const void *data, size_t len) {
+  pump_t *p = arg;
+  uint8_t tag[8];
+  wd_amqp__seq_tag(seq, tag);
+  pn_delivery_t *d = pn_delivery(p->link, pn_dtag((const char *)tag, sizeof tag));
+  pn_link_send(p->link, data, len);
+  pn_link_advance(p->link);
+  p->sent++;
+  if (p->presettled) {
+    pn_delivery_settle(d);
+    wd_store_group_ack(p->group, seq);
+  }
+}
+
 void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || lc->closed || !lc->group || c->closing) return;
-  bool presettled = pn_link_snd_settle_mode(link) == PN_SND_SETTLED;
-  wd_store_record_t recs[CLAIM_BATCH];
+  pump_t p = {link, lc->group, pn_link_snd_settle_mode(link) == PN_SND_SETTLED, 0};
   while (pn_link_credit(link) > 0) {
     int want = pn_link_credit(link) < CLAIM_BATCH ? pn_link_credit(link) : CLAIM_BATCH;
-    int n = wd_store_group_claim(lc->group, recs, (size_t)want);
-    if (n <= 0) break;
-    wd_metric_add(&wd_metrics.messages_out[wd_amqp__metric_address(lc->addr.kind)], (uint64_t)n);
-    for (int i = 0; i < n; i++) {
-      uint8_t tag[8];
-      wd_amqp__seq_tag(recs[i].seq, tag);
-      pn_delivery_t *d = pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
-      pn_link_send(link, recs[i].data, recs[i].len);
-      pn_link_advance(link);
-      if (presettled) {
-        pn_delivery_settle(d);
-        wd_store_group_ack(lc->group, recs[i].seq);
-      }
-      free(recs[i].data);
-    }
+    if (wd_store_group_claim(lc->group, (size_t)want, send_record, &p) <= 0) break;
   }
+  wd_metric_add(&wd_metrics.messages_out[wd_amqp__metric_address(lc->addr.kind)], p.sent);
   if (pn_link_get_drain(link) && pn_link_credit(link) > 0) pn_link_drained(link);
 }
 

@@ -451,43 +451,62 @@ static void advance_floor(wd_store_group_t *g) {
   if (moved) atomic_store(&g->log->store->logs_dirty, true);
 }
 
-int wd_store_group_claim(wd_store_group_t *g, wd_store_record_t *out, size_t max) {
+static void settle(wd_store_group_t *g, uint64_t seq, uint8_t to);
+
+/* Positions `cur` on the record `seq` of `log_id`: a step forward when the
+ * cursor is on its predecessor (claims are mostly consecutive), else a seek. */
+static bool record_at(MDB_cursor *cur, uint32_t log_id, uint64_t seq, bool after_previous, MDB_val *v) {
+  uint8_t want[KEY_LEN];
+  record_key(want, log_id, seq);
+  MDB_val k;
+  if (after_previous && mdb_cursor_get(cur, &k, v, MDB_NEXT) == MDB_SUCCESS && k.mv_size == KEY_LEN &&
+      memcmp(k.mv_data, want, KEY_LEN) == 0)
+    return true;
+  k = (MDB_val){KEY_LEN, want};
+  return mdb_cursor_get(cur, &k, v, MDB_SET_KEY) == MDB_SUCCESS;
+}
+
+int wd_store_group_claim(wd_store_group_t *g, size_t max, wd_store_record_fn fn, void *ctx) {
   wd_store_log_t *log = g->log;
   wd_store_t *s = log->store;
+  uint64_t seqs[WD_STORE_CLAIM_MAX];
+  if (max > WD_STORE_CLAIM_MAX) max = WD_STORE_CLAIM_MAX;
   uint64_t limit = atomic_load(&log->committed_next_seq);
-  pthread_mutex_lock(&g->lock);
-  bool any = g->n_released > 0 || g->next < limit;
-  pthread_mutex_unlock(&g->lock);
-  if (!any || max == 0) return 0;
-  MDB_txn *txn;
-  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (rc) return wd_store__map_rc(rc);
   size_t n = 0;
   pthread_mutex_lock(&g->lock);
   for (uint64_t seq = g->floor; g->n_released > 0 && seq < g->next && n < max; seq++) {
     uint8_t *st = state_at(g, seq);
     if (*st != RELEASED) continue;
     g->n_released--;
-    if (read_record(s, txn, log->id, seq, &out[n])) {
-      *st = CLAIMED;
-      n++;
-    } else {
-      *st = ACKED; /* gone from the log: nothing left to deliver */
-    }
+    *st = CLAIMED;
+    seqs[n++] = seq;
   }
-  while (n < max && g->next < limit) {
-    if (!ring_reserve(g)) break;
+  while (n < max && g->next < limit && ring_reserve(g)) {
     uint64_t seq = g->next++;
-    uint8_t *st = state_at(g, seq);
-    if (read_record(s, txn, log->id, seq, &out[n])) {
-      *st = CLAIMED;
-      n++;
-    } else {
-      *st = ACKED;
-    }
+    *state_at(g, seq) = CLAIMED;
+    seqs[n++] = seq;
   }
-  advance_floor(g);
   pthread_mutex_unlock(&g->lock);
+  if (n == 0) return 0;
+
+  /* Claimed records stay below the group's floor, so no trim can take them
+     while they are read here, outside the group's lock (fn may settle them). */
+  MDB_txn *txn;
+  MDB_cursor *cur = NULL;
+  int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc == MDB_SUCCESS && (rc = mdb_cursor_open(txn, s->dbi_records, &cur)) != MDB_SUCCESS) mdb_txn_abort(txn);
+  if (rc != MDB_SUCCESS) {
+    for (size_t i = 0; i < n; i++) settle(g, seqs[i], RELEASED);
+    return wd_store__map_rc(rc);
+  }
+  for (size_t i = 0; i < n; i++) {
+    MDB_val v;
+    if (record_at(cur, log->id, seqs[i], i > 0 && seqs[i] == seqs[i - 1] + 1, &v))
+      fn(ctx, seqs[i], v.mv_data, v.mv_size);
+    else
+      settle(g, seqs[i], ACKED); /* gone from the log: nothing left to deliver */
+  }
+  mdb_cursor_close(cur);
   mdb_txn_abort(txn);
   return (int)n;
 }

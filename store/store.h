@@ -163,9 +163,14 @@ int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_
 /* Returns the group, creating it if needed; it lives as long as the store. Thread-safe. */
 int wd_store_group_open(wd_store_log_t *log, const char *name, wd_store_group_t **out);
 
-/* Claims up to `max` records for delivery: first released ones, then new ones.
+/* Claims up to `max` (at most WD_STORE_CLAIM_MAX) records for delivery, first
+ * released ones, then new ones, and hands each to `fn` in that order. `data`
+ * points into the store and is valid only during the call; fn may settle the
+ * record. A claimed record found gone from the log is acknowledged instead.
  * Returns the count claimed (>= 0) or < 0. Thread-safe. */
-int wd_store_group_claim(wd_store_group_t *g, wd_store_record_t *out, size_t max);
+#define WD_STORE_CLAIM_MAX 256
+typedef void (*wd_store_record_fn)(void *ctx, uint64_t seq, const void *data, size_t len);
+int wd_store_group_claim(wd_store_group_t *g, size_t max, wd_store_record_fn fn, void *ctx);
 
 /* Settles a claimed record: acknowledged (never delivered to this group again)
  * or released (delivered again, to any consumer of the group). Thread-safe. */

@@ -40,6 +40,32 @@ typedef struct {
   wd_device_t *after; /* a copy of the committed record, owned */
 } fx_call_t;
 
+typedef struct {
+  wd_store_record_t *out;
+  size_t n;
+} fx_claimed_t;
+
+static inline void fx_copy_record(void *ctx, uint64_t seq, const void *data, size_t len) {
+  fx_claimed_t *c = ctx;
+  void *copy = malloc(len ? len : 1);
+  if (!copy) abort();
+  memcpy(copy, data, len);
+  c->out[c->n++] = (wd_store_record_t){seq, copy, len};
+}
+
+/* wd_store_group_claim, repeated up to max, into an array of copies (free each record's data);
+ * returns the count handed over, which is the count claimed unless some were
+ * gone from the log. */
+static inline int fx_claim(wd_store_group_t *g, wd_store_record_t *out, size_t max) {
+  fx_claimed_t c = {out, 0};
+  while (c.n < max) { /* one call claims at most WD_STORE_CLAIM_MAX */
+    int rc = wd_store_group_claim(g, max - c.n, fx_copy_record, &c);
+    if (rc < 0) return rc;
+    if (rc == 0) break;
+  }
+  return (int)c.n;
+}
+
 static inline void fx_rm_rf(const char *path) {
   struct stat st;
   if (lstat(path, &st) != 0) return;

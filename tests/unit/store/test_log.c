@@ -42,7 +42,7 @@ static void append_many(fx_t *fx, int from, int n) {
 static int claim(wd_store_group_t *g, uint64_t *seqs, size_t max) {
   wd_store_record_t *recs = calloc(max ? max : 1, sizeof *recs);
   assert_non_null(recs);
-  int n = wd_store_group_claim(g, recs, max);
+  int n = fx_claim(g, recs, max);
   assert_true(n >= 0 && (size_t)n <= max);
   for (int i = 0; i < n; i++) {
     char expect[32];
@@ -94,7 +94,7 @@ static uint64_t first_seq(fx_t *fx) {
   assert_int_equal(wd_store_group_open(fx->log, name, &g), WD_OK);
   uint64_t first = 0;
   wd_store_record_t rec;
-  while (wd_store_group_claim(g, &rec, 1) == 1) {
+  while (fx_claim(g, &rec, 1) == 1) {
     if (!first) first = rec.seq;
     free(rec.data);
     wd_store_group_ack(g, rec.seq);
@@ -135,7 +135,7 @@ static void test_append_patches_big_endian_seq_at_offset(void **state) {
 
   wd_store_group_t *g = group(fx, "g");
   wd_store_record_t recs[4];
-  assert_int_equal(wd_store_group_claim(g, recs, 4), 3);
+  assert_int_equal(fx_claim(g, recs, 4), 3);
 
   assert_int_equal(recs[0].seq, 1);
   assert_int_equal(recs[0].len, 20);
@@ -175,7 +175,7 @@ static void test_append_of_empty_record_is_stored(void **state) {
   assert_int_equal(fx_append(fx, "", 0, SIZE_MAX), WD_OK);
   wd_store_group_t *g = group(fx, "g");
   wd_store_record_t rec;
-  assert_int_equal(wd_store_group_claim(g, &rec, 1), 1);
+  assert_int_equal(fx_claim(g, &rec, 1), 1);
   assert_int_equal(rec.seq, 1);
   assert_int_equal(rec.len, 0);
   free(rec.data);
@@ -396,6 +396,41 @@ static void test_log_is_kept_while_no_group_exists(void **state) {
   sync_writer(fx);
   wd_store_group_t *g = group(fx, "first");
   expect_range(g, 10, 1, 3);
+}
+
+typedef struct {
+  wd_store_group_t *g;
+  uint64_t last;
+  size_t handed;
+} ack_in_callback_t;
+
+/* Acknowledges each record while the claim is still handing them over. */
+static void ack_as_handed(void *ctx, uint64_t seq, const void *data, size_t len) {
+  ack_in_callback_t *a = ctx;
+  char expect[32];
+  snprintf(expect, sizeof expect, "rec-%llu", (unsigned long long)seq);
+  assert_int_equal(len, strlen(expect));
+  assert_memory_equal(data, expect, len);
+  assert_true(seq > a->last);
+  a->last = seq;
+  a->handed++;
+  wd_store_group_ack(a->g, seq);
+}
+
+static void test_claim_hands_records_in_order_and_they_may_be_settled_there(void **state) {
+  fx_t *fx = *state;
+  fx_open(fx);
+  wd_store_group_t *g = group(fx, "g");
+  append_many(fx, 1, WD_STORE_CLAIM_MAX + 10);
+  ack_in_callback_t a = {g, 0, 0};
+  /* one call claims at most WD_STORE_CLAIM_MAX, whatever is asked */
+  assert_int_equal(wd_store_group_claim(g, WD_STORE_CLAIM_MAX + 10, ack_as_handed, &a), WD_STORE_CLAIM_MAX);
+  assert_int_equal(a.handed, WD_STORE_CLAIM_MAX);
+  assert_int_equal(wd_store_group_claim(g, 100, ack_as_handed, &a), 10);
+  assert_int_equal(a.last, WD_STORE_CLAIM_MAX + 10);
+  assert_int_equal(wd_store_group_claim(g, 100, ack_as_handed, &a), 0);
+  sync_writer(fx);
+  assert_int_equal(first_seq(fx), 0); /* all acknowledged in the callback, so all trimmed */
 }
 
 static void test_group_tracks_many_records_in_flight(void **state) {
@@ -654,6 +689,7 @@ int main(void) {
       T(test_records_acked_by_every_group_are_trimmed),
       T(test_new_group_starts_at_the_oldest_retained_record),
       T(test_log_is_kept_while_no_group_exists),
+      T(test_claim_hands_records_in_order_and_they_may_be_settled_there),
       T(test_group_tracks_many_records_in_flight),
       T(test_log_open_returns_one_handle_per_name),
       T(test_log_open_validates_the_name),

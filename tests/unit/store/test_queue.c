@@ -172,7 +172,7 @@ static void expect_log(fx_t *fx, const char *log_name, const char *group, const 
   assert_int_equal(wd_store_log_open(fx->store, log_name, &log), WD_OK);
   assert_int_equal(wd_store_group_open(log, group, &g), WD_OK);
   wd_store_record_t recs[16];
-  int n = wd_store_group_claim(g, recs, 16);
+  int n = fx_claim(g, recs, 16);
   for (int i = 0; i < n; i++) {
     if (i < n_expect && (recs[i].len != strlen(expect[i]) || memcmp(recs[i].data, expect[i], recs[i].len) != 0))
       fail_msg("%s record %d is '%.*s', expected '%s'", log_name, i, (int)recs[i].len, (char *)recs[i].data,

@@ -237,7 +237,7 @@ static void test_open_refuses_a_truncated_data_file_without_crashing(void **stat
       wd_store_group_t *g = NULL;
       wd_store_record_t rec;
       if (wd_store_log_open(s, "telemetry", &log) == WD_OK && wd_store_group_open(log, "g", &g) == WD_OK) {
-        while (wd_store_group_claim(g, &rec, 1) == 1) free(rec.data);
+        while (fx_claim(g, &rec, 1) == 1) free(rec.data);
       }
       wd_store_close(s);
     }
@@ -264,7 +264,7 @@ static void test_empty_directory_becomes_an_empty_store(void **state) {
   wd_store_group_t *g = NULL;
   wd_store_record_t rec;
   assert_int_equal(wd_store_group_open(fx->log, "g", &g), WD_OK);
-  assert_int_equal(wd_store_group_claim(g, &rec, 1), 0);
+  assert_int_equal(fx_claim(g, &rec, 1), 0);
   wd_device_t **list = NULL;
   assert_int_equal(wd_store_device_list(fx->store, NULL, 10, &list), 0);
   free(list);
@@ -291,7 +291,7 @@ static void test_close_commits_what_was_submitted(void **state) {
   wd_store_group_t *g = NULL;
   assert_int_equal(wd_store_group_open(fx->log, "g", &g), WD_OK);
   wd_store_record_t recs[N + 1];
-  assert_int_equal(wd_store_group_claim(g, recs, N + 1), N);
+  assert_int_equal(fx_claim(g, recs, N + 1), N);
   for (int i = 0; i < N; i++) {
     assert_int_equal(recs[i].seq, (uint64_t)i + 1);
     free(recs[i].data);
@@ -341,7 +341,7 @@ static void check_records(fx_t *fx, const char *group_name, uint64_t count) {
   static uint8_t expect[BIG];
   uint64_t seen = 0;
   wd_store_record_t rec;
-  while (wd_store_group_claim(g, &rec, 1) == 1) {
+  while (fx_claim(g, &rec, 1) == 1) {
     seen++;
     assert_int_equal(rec.seq, seen);
     assert_int_equal(rec.len, BIG);
@@ -427,14 +427,14 @@ static void test_full_map_fails_only_the_writes_that_do_not_fit(void **state) {
   for (int i = 0; i < N; i++) {
     if (calls[i].rc != WD_OK) continue;
     wd_store_record_t rec;
-    assert_int_equal(wd_store_group_claim(g, &rec, 1), 1);
+    assert_int_equal(fx_claim(g, &rec, 1), 1);
     assert_int_equal(rec.seq, ++seq);
     assert_int_equal(rec.len, BIG);
     assert_memory_equal((uint8_t *)rec.data + 8, bufs[i] + 8, BIG - 8);
     free(rec.data);
   }
   wd_store_record_t extra;
-  assert_int_equal(wd_store_group_claim(g, &extra, 1), 0);
+  assert_int_equal(fx_claim(g, &extra, 1), 0);
   free(calls);
 }
 
@@ -454,7 +454,7 @@ static void test_acknowledged_records_make_room_after_the_store_refused_appends(
   /* The only group takes and acknowledges everything: the records go, and so
      must the refusals - deleting needs pages too, which the reserve keeps. */
   wd_store_record_t rec;
-  while (wd_store_group_claim(g, &rec, 1) == 1) {
+  while (fx_claim(g, &rec, 1) == 1) {
     wd_store_group_ack(g, rec.seq);
     free(rec.data);
   }
