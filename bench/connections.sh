@@ -91,6 +91,7 @@ path = $d/data
 max_size = 2G
 [amqp]
 device_rate = 0
+max_connections = $((ndev + 100))
 listen = 127.0.0.1:0
 tls_listen = 127.0.0.1:0
 [http]
