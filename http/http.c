@@ -1508,8 +1508,10 @@ void wd_http_stop(wd_http_t *h) {
   if (h->keepalive_started) pthread_join(h->keepalive, NULL);
   wd_store_remove_append_listener(h->store, on_log_appended, h);
 
+  /* No new clients from here on. MHD's thread drops the listening socket
+   * from its epoll set in its own time, so it is closed only once that thread
+   * is gone. */
   MHD_socket ls = MHD_quiesce_daemon(h->daemon);
-  if (ls != MHD_INVALID_SOCKET) close(ls);
 
   /* Let requests in flight, writes with the store included, finish for real. */
   struct timespec grace = deadline_in(STOP_GRACE_MS);
@@ -1538,5 +1540,6 @@ void wd_http_stop(wd_http_t *h) {
   pthread_mutex_unlock(&g_lock);
 
   MHD_stop_daemon(h->daemon);
+  if (ls != MHD_INVALID_SOCKET) close(ls);
   http_free(h);
 }

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Group notification fan-out: N devices in one group, then POSTS notifications to the group over REST.
+#
+#   bench/fanout.sh                      # uses build/release/warden; N = 100000
+#   FANOUT_N=10000 POSTS=5 bench/fanout.sh
+#
+# Starts a fresh warden on 127.0.0.1 (ports picked by the OS), creates N devices in group `fleet` over REST, then
+# sends POSTS notifications of SIZE bytes to `POST /v1/groups/fleet/notifications` one after another. warden
+# answers 202 once the one transaction that queues the notification for every member has committed (the payload is
+# stored once; each member gets a queue entry), so the POST's duration is the fan-out's. Prints, per POST, its
+# duration and the member count warden reports, then checks the first and last device's queueDepth, warden's
+# `warden_queued_messages` gauge and its RSS, and stops warden by pid.
+#
+# Tunables (env, defaults in brackets): FANOUT_N [100000], POSTS [3], SIZE [256], KEEP=1 (keep the temp dir).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
+PYTHON=${PYTHON:-python3}
+FANOUT_N=${FANOUT_N:-100000}
+POSTS=${POSTS:-3}
+SIZE=${SIZE:-256}
+
+log() { echo "fanout.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+[[ -x $WARDEN_BIN ]] || die "$WARDEN_BIN is missing; build first: cmake --preset release && cmake --build build/release -j2"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-fanout.XXXXXX")
+warden_pid=""
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+cleanup() {
+  local rc=$?
+  if [[ -n $warden_pid ]] && kill -0 "$warden_pid" 2>/dev/null; then
+    kill -TERM "$warden_pid"
+    for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$warden_pid" 2>/dev/null
+    wait "$warden_pid" 2>/dev/null
+  fi
+  if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$tmp/warden.ini" <<EOF
+[store]
+path = $tmp/data
+max_size = 8G
+[amqp]
+listen = 127.0.0.1:0
+tls_listen =
+[http]
+listen = 127.0.0.1:0
+[auth]
+dev_mode = true
+EOF
+"$WARDEN_BIN" serve --config "$tmp/warden.ini" 2>"$tmp/warden.log" >/dev/null &
+warden_pid=$!
+http_port=""
+for _ in $(seq 1 200); do
+  http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
+  [[ -n $http_port && -s $tmp/data/admin.token ]] && break
+  kill -0 "$warden_pid" 2>/dev/null || { cat "$tmp/warden.log" >&2; die "warden exited early"; }
+  sleep 0.1
+done
+[[ -n $http_port ]] || die "warden did not start"
+head -n1 "$tmp/data/admin.token" | tr -d '\r\n' >"$tmp/admin.password"
+
+started=$(date +%s.%N)
+"$PYTHON" "$here/make-devices.py" --http-port "$http_port" --token-file "$tmp/admin.password" --count "$FANOUT_N" \
+  --prefix fan --group fleet "$tmp/devices.txt" || die "cannot create $FANOUT_N devices"
+log "created $FANOUT_N devices in group fleet in $(echo "$(date +%s.%N) - $started" | bc) s"
+
+rss() { awk '/VmRSS/{print $2}' "/proc/$warden_pid/status"; }
+rss_before=$(rss)
+"$PYTHON" - "$http_port" "$tmp/admin.password" "$FANOUT_N" "$POSTS" "$SIZE" <<'EOF' || die "fan-out failed"
+import http.client, json, sys, time
+port, token_file, n, posts, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+token = open(token_file).read().strip()
+h = {"Authorization": "Bearer " + token}
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+for i in range(posts):
+    body = b"x" * size
+    t0 = time.monotonic()
+    c.request("POST", "/v1/groups/fleet/notifications?ttl=3600", body=body,
+              headers=dict(h, **{"Content-Type": "application/octet-stream"}))
+    r = c.getresponse()
+    answer = r.read()
+    ms = (time.monotonic() - t0) * 1000
+    if r.status != 202:
+        sys.exit("POST %d gave %d: %s" % (i + 1, r.status, answer[:300]))
+    print("fan-out %d: 202 in %.1f ms, %s" % (i + 1, ms, answer.decode()[:200]))
+for dev in ("fan-1", "fan-%d" % n):
+    c.request("GET", "/v1/devices/" + dev, headers=h)
+    r = c.getresponse()
+    d = json.loads(r.read())
+    print("%s: queueDepth %s" % (dev, d.get("queueDepth")))
+    if d.get("queueDepth") != posts:
+        sys.exit("%s holds %s notifications, expected %d" % (dev, d.get("queueDepth"), posts))
+c.request("GET", "/metrics", headers=h)
+for line in c.getresponse().read().decode().splitlines():
+    if line.startswith("warden_queued_messages ") or line.startswith("warden_store_commit_seconds_bucket{le=\"1\"}") \
+            or line.startswith("warden_store_commit_seconds_count"):
+        print(line)
+EOF
+log "warden RSS $(( rss_before / 1024 )) MB before the fan-outs, $(( $(rss) / 1024 )) MB after"
