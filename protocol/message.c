@@ -92,6 +92,11 @@ static const uint8_t *skip_body(uint8_t code, const uint8_t *p, const uint8_t *e
         ctor = *p++;
       }
       if (!defined_code(ctor) || ctor == 0x00) return NULL;
+      /* Elements of a zero-width type (null, true, false, 0, the empty list)
+         take no bytes, so a few bytes could claim billions of them: walking
+         those took seconds, and a consumer decoding them would build a node
+         each. No more of them than the array has bytes. */
+      if ((ctor >> 4) == 0x4 && count > size) return NULL;
       p = skip_bodies(ctor, count, p, cend, depth + 1);
       return p == cend ? p : NULL;
     }

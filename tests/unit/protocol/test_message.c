@@ -878,9 +878,22 @@ static void test_skip_value_refuses_what_proton_would_read_differently(void **st
       fail_msg("accepted %s", bad[i].why);
 }
 
+static void test_skip_value_refuses_billions_of_zero_width_array_elements_at_once(void **state) {
+  (void)state;
+  /* array32 whose 5 bytes claim 0xf0104444 elements of ulong0, which take no
+     bytes each: walking them one by one took 18 s (found by fuzzing), and
+     Proton would build a node per element. */
+  static const uint8_t claim[] = {0xf0, 0x00, 0x00, 0x00, 0x05, 0xf0, 0x10, 0x44, 0x44, 0x44};
+  assert_null(wd_msg_skip_value(claim, claim + sizeof claim));
+  /* no more zero-width elements than the array has bytes stays valid */
+  static const uint8_t nulls[] = {0xe0, 0x02, 0x02, 0x40};
+  assert_ptr_equal(wd_msg_skip_value(nulls, nulls + sizeof nulls), nulls + sizeof nulls);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_skip_value_refuses_what_proton_would_read_differently),
+      cmocka_unit_test(test_skip_value_refuses_billions_of_zero_width_array_elements_at_once),
       cmocka_unit_test(test_annotate_keeps_header_properties_and_body),
       cmocka_unit_test(test_annotate_copies_sections_byte_for_byte),
       cmocka_unit_test(test_annotate_drops_delivery_annotations),
