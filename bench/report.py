@@ -492,6 +492,10 @@ def doc(res_path, md_path):
     out.append("## Caveats\n")
     out.append("- Client and server share 2 vCPUs: each figure is for the pair, and whatever else runs shows up in "
                "it. Expect ±30 % between runs; the table gives medians, the JSON every run.")
+    out.append("- warden keeps at most 96 messages outstanding per device link (`WD_CREDIT_WINDOW`: credit plus "
+               "commits pending, topped up once under half), so its ingest runs with up to 96, not %d, unsettled "
+               "per connection; a larger window only lengthened the queue in front of the store (see "
+               "PERFORMANCE.md)." % p["window"])
     out.append("- The Proton example broker grants each sender a credit of only 5 (`WINDOW` in `broker.c`), so its "
                "ingest runs with 5, not %d, unsettled per connection; it settles on receipt and keeps nothing on "
                "disk." % p["window"])
