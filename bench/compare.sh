@@ -57,6 +57,8 @@ DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
 log() { echo "compare.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
 for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
   [[ -x $bin ]] || die "$bin is missing; build first: cmake --preset release && cmake --build build/release -j2"
@@ -155,32 +157,8 @@ fi
 
 # ---- warden
 start_warden() {
-  mkdir -p "$tmp/warden"
-  cat >"$tmp/warden/warden.ini" <<EOF
-[store]
-path = $tmp/warden/data
-max_size = 8G
-[amqp]
-device_rate = 0
-listen = 127.0.0.1:0
-tls_listen =
-[http]
-listen = 127.0.0.1:0
-[auth]
-dev_mode = true
-EOF
-  "$WARDEN_BIN" serve --config "$tmp/warden/warden.ini" 2>"$tmp/warden/warden.log" >/dev/null &
-  warden_pid=$!
-  warden_port="" warden_http=""
-  for _ in $(seq 1 200); do
-    warden_port=$(sed -n 's/.*listening amqp 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden/warden.log" | head -n1)
-    warden_http=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden/warden.log" | head -n1)
-    [[ -n $warden_port && -n $warden_http && -s $tmp/warden/data/admin.token ]] && break
-    kill -0 "$warden_pid" 2>/dev/null || { cat "$tmp/warden/warden.log" >&2; die "warden exited early"; }
-    sleep 0.1
-  done
-  [[ -n $warden_port && -n $warden_http ]] || { cat "$tmp/warden/warden.log" >&2; die "warden did not start"; }
-  head -n1 "$tmp/warden/data/admin.token" | tr -d '\r\n' >"$tmp/warden/admin.password"
+  warden_start "$tmp/warden" "tls_listen =" "max_connections = 10000"
+  warden_port=$amqp_port warden_http=$http_port
   local ndev=$(( CONN_N > CONNS ? CONN_N : CONNS ))
   "$PYTHON" "$here/make-devices.py" --http-port "$warden_http" --token-file "$tmp/warden/admin.password" \
     --count "$ndev" "$tmp/warden/devices.txt" || die "cannot create warden devices"

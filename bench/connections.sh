@@ -47,26 +47,15 @@ done
 # warden (started from here) and warden-bench need a descriptor per connection
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-connections.XXXXXX")
 warden_pid=""
-
-# shellcheck disable=SC2317  # also called from the EXIT trap
-stop_warden() {
-  if [[ -z $warden_pid ]] || ! kill -0 "$warden_pid" 2>/dev/null; then warden_pid=""; return 0; fi
-  kill -TERM "$warden_pid" 2>/dev/null
-  for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$warden_pid" 2>/dev/null; then
-    log "warden (pid $warden_pid) did not stop within 10 s of SIGTERM; killing it"
-    kill -KILL "$warden_pid" 2>/dev/null
-  fi
-  wait "$warden_pid" 2>/dev/null
-  warden_pid=""
-}
 
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
   local rc=$?
-  stop_warden
+  warden_stop
   if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
   exit "$rc"
 }
@@ -84,34 +73,8 @@ fi
 
 start_warden() {   # dir, number of devices
   local d=$1 ndev=$2
-  mkdir -p "$d"
-  cat >"$d/warden.ini" <<EOF
-[store]
-path = $d/data
-max_size = 2G
-[amqp]
-device_rate = 0
-max_connections = $((ndev + 100))
-listen = 127.0.0.1:0
-tls_listen = 127.0.0.1:0
-[http]
-listen = 127.0.0.1:0
-[auth]
-dev_mode = true
-EOF
-  "$WARDEN_BIN" serve --config "$d/warden.ini" 2>"$d/warden.log" >/dev/null &
-  warden_pid=$!
-  amqp_port="" amqps_port="" http_port=""
-  for _ in $(seq 1 200); do
-    amqp_port=$(sed -n 's/.*listening amqp 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
-    amqps_port=$(sed -n 's/.*listening amqps 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
-    http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$d/warden.log" | head -n1)
-    [[ -n $amqp_port && -n $amqps_port && -n $http_port && -s $d/data/admin.token && -s $d/data/tls/dev-cert.pem ]] && break
-    kill -0 "$warden_pid" 2>/dev/null || { cat "$d/warden.log" >&2; die "warden exited early"; }
-    sleep 0.1
-  done
-  [[ -n $amqp_port && -n $amqps_port && -n $http_port ]] || { cat "$d/warden.log" >&2; die "warden did not start"; }
-  head -n1 "$d/data/admin.token" | tr -d '\r\n' >"$d/admin.password"
+  warden_start "$d" "max_connections = $((ndev + 100))" "tls_listen = 127.0.0.1:0"
+  [[ -s $d/data/tls/dev-cert.pem ]] || die "warden wrote no development certificate"
   "$PYTHON" "$here/make-devices.py" --http-port "$http_port" --token-file "$d/admin.password" --count "$ndev" \
     "$d/devices.txt" || die "cannot create $ndev devices"
 }
@@ -141,7 +104,7 @@ for n in $CONN_NS; do
     kill -0 "$warden_pid" 2>/dev/null || { tail -n 20 "$d/warden.log" >&2; die "warden is gone after [$n $mode]"; }
     c=$(grep -c -E 'WARN|ERROR' "$d/warden.log" || true)
     (( c > 0 )) && { log "[$n $mode] warden logged $c warning/error lines; first ones:"; grep -E 'WARN|ERROR' "$d/warden.log" | head -n 5 >&2; }
-    stop_warden
+    warden_stop
   done
 done
 

@@ -26,47 +26,22 @@ log() { echo "fanout.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ -x $WARDEN_BIN ]] || die "$WARDEN_BIN is missing; build first: cmake --preset release && cmake --build build/release -j2"
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-fanout.XXXXXX")
 warden_pid=""
 
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
   local rc=$?
-  if [[ -n $warden_pid ]] && kill -0 "$warden_pid" 2>/dev/null; then
-    kill -TERM "$warden_pid"
-    for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$warden_pid" 2>/dev/null
-    wait "$warden_pid" 2>/dev/null
-  fi
+  warden_stop
   if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$tmp/warden.ini" <<EOF
-[store]
-path = $tmp/data
-max_size = 8G
-[amqp]
-listen = 127.0.0.1:0
-tls_listen =
-[http]
-listen = 127.0.0.1:0
-[auth]
-dev_mode = true
-EOF
-"$WARDEN_BIN" serve --config "$tmp/warden.ini" 2>"$tmp/warden.log" >/dev/null &
-warden_pid=$!
-http_port=""
-for _ in $(seq 1 200); do
-  http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
-  [[ -n $http_port && -s $tmp/data/admin.token ]] && break
-  kill -0 "$warden_pid" 2>/dev/null || { cat "$tmp/warden.log" >&2; die "warden exited early"; }
-  sleep 0.1
-done
-[[ -n $http_port ]] || die "warden did not start"
-head -n1 "$tmp/data/admin.token" | tr -d '\r\n' >"$tmp/admin.password"
+warden_start "$tmp" "tls_listen =" "max_connections = 10000"
 
 started=$(date +%s.%N)
 "$PYTHON" "$here/make-devices.py" --http-port "$http_port" --token-file "$tmp/admin.password" --count "$FANOUT_N" \

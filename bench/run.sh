@@ -62,21 +62,16 @@ for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
 done
 command -v curl >/dev/null || { echo "run.sh: curl is required" >&2; exit 2; }
 
+die() { echo "run.sh: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-bench.XXXXXX")
 warden_pid=""
 
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
   local rc=$?
-  if [[ -n $warden_pid ]] && kill -0 "$warden_pid" 2>/dev/null; then
-    kill -TERM "$warden_pid" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$warden_pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$warden_pid" 2>/dev/null; then
-      echo "run.sh: warden (pid $warden_pid) did not stop within 10 s of SIGTERM; killing it" >&2
-      kill -KILL "$warden_pid" 2>/dev/null
-    fi
-    wait "$warden_pid" 2>/dev/null
-  fi
+  warden_stop
   if [[ -n ${KEEP:-} ]]; then
     echo "run.sh: kept $tmp (warden log: $tmp/warden.log)" >&2
   else
@@ -87,37 +82,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$tmp/warden.ini" <<EOF
-[store]
-path = $tmp/data
-max_size = 4G
-[amqp]
-device_rate = 0
-listen = 127.0.0.1:0
-tls_listen =
-[http]
-listen = 127.0.0.1:0
-[auth]
-dev_mode = true
-EOF
-
-"$WARDEN_BIN" serve --config "$tmp/warden.ini" 2>"$tmp/warden.log" >/dev/null &
-warden_pid=$!
-
-amqp_port="" http_port=""
-for _ in $(seq 1 200); do   # 20 s
-  amqp_port=$(sed -n 's/.*listening amqp 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
-  http_port=$(sed -n 's/.*listening http 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$tmp/warden.log" | head -n1)
-  [[ -n $amqp_port && -n $http_port && -s $tmp/data/admin.token ]] && break
-  kill -0 "$warden_pid" 2>/dev/null || { echo "run.sh: warden exited early:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
-  sleep 0.1
-done
-if [[ -z $amqp_port || -z $http_port ]]; then
-  echo "run.sh: warden did not report its listeners within 20 s:" >&2; cat "$tmp/warden.log" >&2; exit 1
-fi
-token=$(head -n1 "$tmp/data/admin.token" | tr -d '\r\n')
-printf '%s\n' "$token" >"$tmp/admin.password"
-chmod 600 "$tmp/admin.password"
+warden_start "$tmp" "tls_listen =" "max_connections = 10000"
+token=$(cat "$tmp/admin.password")
 echo "run.sh: warden pid $warden_pid, amqp 127.0.0.1:$amqp_port, http 127.0.0.1:$http_port, data $tmp/data" >&2
 
 # ---- devices
