@@ -49,18 +49,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-connections.XXXXXX")
-warden_pid=""
-
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
-  local rc=$?
-  warden_stop
-  if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp warden-connections
 
 if (( WAIT_CTEST )); then
   for i in $(seq 0 50); do

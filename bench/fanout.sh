@@ -28,18 +28,7 @@ die() { log "$*"; exit 1; }
 [[ -x $WARDEN_BIN ]] || die "$WARDEN_BIN is missing; build first: cmake --preset release && cmake --build build/release -j2"
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-fanout.XXXXXX")
-warden_pid=""
-
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
-  local rc=$?
-  warden_stop
-  if [[ -n ${KEEP:-} ]]; then log "kept $tmp"; else rm -rf "$tmp"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp warden-fanout
 
 warden_start "$tmp" "tls_listen =" "max_connections = 10000"
 

@@ -47,3 +47,19 @@ warden_stop() {
   wait "$warden_pid" 2>/dev/null
   warden_pid=""
 }
+
+# bench_tmp NAME: makes the temporary directory $tmp; on exit, warden_stop, then $tmp is removed (kept with KEEP=1).
+bench_tmp() {
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  warden_pid=""
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+bench_cleanup() {
+  local rc=$?
+  warden_stop
+  if [[ -n ${KEEP:-} ]]; then echo "kept $tmp (warden log: warden.log below it)" >&2; else rm -rf "$tmp"; fi
+  exit "$rc"
+}

@@ -65,22 +65,7 @@ command -v curl >/dev/null || { echo "run.sh: curl is required" >&2; exit 2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/warden-bench.XXXXXX")
-warden_pid=""
-
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
-  local rc=$?
-  warden_stop
-  if [[ -n ${KEEP:-} ]]; then
-    echo "run.sh: kept $tmp (warden log: $tmp/warden.log)" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp warden-bench
 
 warden_start "$tmp" "tls_listen =" "max_connections = 10000"
 token=$(cat "$tmp/admin.password")
