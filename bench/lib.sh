@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the bench scripts: a throw-away warden on 127.0.0.1. Expects WARDEN_BIN and a die() function.
 
 # warden_start DIR [AMQP_LINE...]
