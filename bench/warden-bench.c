@@ -1885,6 +1885,39 @@ static void json_num(const char *name, double v, bool last) {
     printf("\"%s\":%.3f%s", name, v, last ? "" : ",");
 }
 
+/* "<prefix>p50_ms", "<prefix>p99_ms" and "<prefix>p999_ms". */
+static void json_percentiles(const char *prefix, double p50, double p99, double p999) {
+  char k[64];
+  snprintf(k, sizeof k, "%sp50_ms", prefix);
+  json_num(k, p50, false);
+  snprintf(k, sizeof k, "%sp99_ms", prefix);
+  json_num(k, p99, false);
+  snprintf(k, sizeof k, "%sp999_ms", prefix);
+  json_num(k, p999, false);
+}
+
+/* What every message scenario reports alike: how much was done, how fast, the
+ * latency percentiles, the longest pause, and the errors. */
+static void json_run(long done, double secs, double rate, double p50, double p99, double p999, long errs) {
+  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, done);
+  json_num("seconds", secs, false);
+  json_num("rate", rate, false);
+  json_percentiles("", p50, p99, p999);
+  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
+  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
+}
+
+/* target_rate, duration and max_send_lag_ms of a paced run; nulls for an unpaced one. */
+static void json_pacing(int64_t lag_ns) {
+  if (opt.rate > 0) {
+    json_num("target_rate", opt.rate, false);
+    printf("\"duration\":%ld,", opt.messages_given ? (long)ceil((double)opt.messages / opt.rate) : opt.duration_s);
+    json_num("max_send_lag_ms", (double)lag_ns / 1e6, false);
+  } else {
+    printf("\"target_rate\":null,\"duration\":null,\"max_send_lag_ms\":null,");
+  }
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: warden-bench ingest --port P --devices FILE [options]\n"
@@ -2105,25 +2138,10 @@ static int report_commands(long accepted, long errs, double secs, double rate, l
 
   printf("{\"scenario\":\"commands\",\"connections\":%ld,\"window\":%ld,\"size\":%ld,", n_devices, opt.window,
          opt.size);
-  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, accepted);
-  json_num("seconds", secs, false);
-  json_num("rate", rate, false);
-  json_num("p50_ms", p50, false);
-  json_num("p99_ms", p99, false);
-  json_num("p999_ms", p999, false);
-  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
-  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
-  if (opt.rate > 0) {
-    json_num("target_rate", opt.rate, false);
-    printf("\"duration\":%ld,", opt.messages_given ? (long)ceil((double)opt.messages / opt.rate) : opt.duration_s);
-    json_num("max_send_lag_ms", (double)max_lag_ns / 1e6, false);
-  } else {
-    printf("\"target_rate\":null,\"duration\":null,\"max_send_lag_ms\":null,");
-  }
+  json_run(accepted, secs, rate, p50, p99, p999, errs);
+  json_pacing(max_lag_ns);
   printf("\"anonymous\":%s,\"device_credit\":%ld,", opt.anonymous ? "true" : "false", opt.device_credit);
-  json_num("accept_p50_ms", a50, false);
-  json_num("accept_p99_ms", a99, false);
-  json_num("accept_p999_ms", a999, false);
+  json_percentiles("accept_", a50, a99, a999);
   printf("\"rejected\":%ld,\"received\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"out_of_order\":%ld,"
          "\"misrouted\":%ld,\"malformed\":%ld,\"stale\":%ld,",
          rejected, uniq, missing, dups, ooo, mis, bad, atomic_load(&stale));
@@ -2169,25 +2187,10 @@ static int report_rest(long ok202, long errs, double secs, double rate, long nl)
 
   printf("{\"scenario\":\"rest\",\"connections\":%ld,\"window\":%ld,\"concurrency\":%ld,\"size\":%ld,", n_devices,
          opt.concurrency, opt.concurrency, opt.size);
-  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, ok202);
-  json_num("seconds", secs, false);
-  json_num("rate", rate, false);
-  json_num("p50_ms", p50, false);
-  json_num("p99_ms", p99, false);
-  json_num("p999_ms", p999, false);
-  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
-  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
-  if (opt.rate > 0) {
-    json_num("target_rate", opt.rate, false);
-    printf("\"duration\":%ld,", opt.messages_given ? (long)ceil((double)opt.messages / opt.rate) : opt.duration_s);
-    json_num("max_send_lag_ms", (double)rest_max_lag_ns / 1e6, false);
-  } else {
-    printf("\"target_rate\":null,\"duration\":null,\"max_send_lag_ms\":null,");
-  }
+  json_run(ok202, secs, rate, p50, p99, p999, errs);
+  json_pacing(rest_max_lag_ns);
   printf("\"device_credit\":%ld,", opt.device_credit);
-  json_num("accept_p50_ms", a50, false);
-  json_num("accept_p99_ms", a99, false);
-  json_num("accept_p999_ms", a999, false);
+  json_percentiles("accept_", a50, a99, a999);
   printf("\"http_errors\":%ld,\"http_status\":{", http_errors);
   bool first = true;
   for (int c = 0; c < 600; c++)
@@ -2238,27 +2241,14 @@ static int report_e2e(long accepted, long errs, long nl) {
     snprintf(pace, sizeof pace, ", paced %.0f/s (max lag %.1f ms)", opt.rate, (double)atomic_load(&pace_lag) / 1e6);
   printf("{\"scenario\":\"e2e\",\"connections\":%ld,\"window\":%ld,\"size\":%ld,\"drain_window\":%ld,", n_conns - 1,
          opt.window, opt.size, opt.drain_window);
-  printf("\"messages\":%ld,\"completed\":%ld,\"accepted\":%ld,", opt.messages, uniq, accepted);
-  json_num("seconds", secs, false);
-  json_num("rate", rate, false);
-  json_num("p50_ms", p50, false);
-  json_num("p99_ms", p99, false);
-  json_num("p999_ms", p999, false);
+  json_run(uniq, secs, rate, p50, p99, p999, errs);
+  printf("\"accepted\":%ld,", accepted);
   json_num("ingest_seconds", isecs, false);
   json_num("ingest_rate", irate, false);
-  json_num("accept_p50_ms", a50, false);
-  json_num("accept_p99_ms", a99, false);
-  json_num("accept_p999_ms", a999, false);
-  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
-  if (opt.rate > 0) {
-    json_num("target_rate", opt.rate, false);
-    json_num("max_send_lag_ms", (double)atomic_load(&pace_lag) / 1e6, false);
-  } else {
-    printf("\"target_rate\":null,\"max_send_lag_ms\":null,");
-  }
-  printf("\"errors\":%ld,\"send_errors\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"malformed\":%ld,\"stale\":%ld,"
-         "\"connection_failures\":%ld,",
-         errs, send_errors, missing, dups, bad, atomic_load(&stale), atomic_load(&conn_failures));
+  json_percentiles("accept_", a50, a99, a999);
+  json_pacing(atomic_load(&pace_lag));
+  printf("\"send_errors\":%ld,\"missing\":%ld,\"duplicates\":%ld,\"malformed\":%ld,\"stale\":%ld,", send_errors,
+         missing, dups, bad, atomic_load(&stale));
   printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
   fflush(stdout);
   fprintf(stderr,
@@ -2618,14 +2608,7 @@ int main(int argc, char **argv) {
     printf("\"size\":%ld,", opt.size);
   else
     printf("\"size\":null,");
-  printf("\"messages\":%ld,\"completed\":%ld,", opt.messages, done);
-  json_num("seconds", secs, false);
-  json_num("rate", rate, false);
-  json_num("p50_ms", p50, false);
-  json_num("p99_ms", p99, false);
-  json_num("p999_ms", p999, false);
-  json_num("max_gap_ms", (double)atomic_load(&max_gap_ns) / 1e6, false);
-  printf("\"errors\":%ld,\"connection_failures\":%ld,", errs, atomic_load(&conn_failures));
+  json_run(done, secs, rate, p50, p99, p999, errs);
   if (opt.scenario == SC_DRAIN && opt.verify) printf("\"duplicates\":%ld,", atomic_load(&duplicates));
   printf("\"timed_out\":%s}\n", atomic_load(&timed_out) ? "true" : "false");
   fflush(stdout);
