@@ -25,10 +25,8 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(dirname "$here")
-WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
-BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
-PYTHON=${PYTHON:-python3}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 SERVERS=${SERVERS:-warden rabbitmq proton}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-10}
@@ -55,14 +53,8 @@ PROTON_BROKER_PATCH=${PROTON_BROKER_PATCH:-1}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
 DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
-log() { echo "compare.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
-# shellcheck source=bench/lib.sh
-. "$here/lib.sh"
 
-for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
-  [[ -x $bin ]] || die "$bin is missing; build first: cmake --preset release && cmake --build build/release -j2"
-done
+bench_need "$WARDEN_BIN" "$BENCH_BIN"
 (( SIZE >= 40 )) || die "SIZE must be at least 40 (e2e's payload header)"
 command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
 for s in $SERVERS; do

@@ -21,10 +21,8 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(dirname "$here")
-WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
-BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
-PYTHON=${PYTHON:-python3}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 CONN_NS=${CONN_NS:-1000}
 MODES=${MODES:-plain tls tls-resume}
 CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-100}
@@ -34,12 +32,8 @@ WAIT_CTEST=${WAIT_CTEST:-1}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
 DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
-log() { echo "connections.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
 
-for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
-  [[ -x $bin ]] || die "$bin is missing; build first: cmake --preset release && cmake --build build/release -j2"
-done
+bench_need "$WARDEN_BIN" "$BENCH_BIN"
 for m in $MODES; do
   case $m in plain|tls|tls-resume) ;; *) die "unknown mode '$m' (plain, tls, tls-resume)";; esac
 done
@@ -47,8 +41,6 @@ done
 # warden (started from here) and warden-bench need a descriptor per connection
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# shellcheck source=bench/lib.sh
-. "$here/lib.sh"
 bench_tmp warden-connections
 
 if (( WAIT_CTEST )); then

@@ -15,19 +15,14 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(dirname "$here")
-WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
-PYTHON=${PYTHON:-python3}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 FANOUT_N=${FANOUT_N:-100000}
 POSTS=${POSTS:-3}
 SIZE=${SIZE:-256}
 
-log() { echo "fanout.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
 
-[[ -x $WARDEN_BIN ]] || die "$WARDEN_BIN is missing; build first: cmake --preset release && cmake --build build/release -j2"
-# shellcheck source=bench/lib.sh
-. "$here/lib.sh"
+bench_need "$WARDEN_BIN"
 bench_tmp warden-fanout
 
 warden_start "$tmp" "tls_listen =" "max_connections = 10000"

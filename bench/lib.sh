@@ -1,5 +1,21 @@
 # shellcheck shell=bash
-# Sourced by the bench scripts: a throw-away warden on 127.0.0.1. Expects WARDEN_BIN and a die() function.
+# Sourced first by every bench script: the binaries it runs, its messages, and a throw-away warden on 127.0.0.1.
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
+BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
+PYTHON=${PYTHON:-python3}
+
+log() { echo "${0##*/}: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# bench_need BIN...: each must be built.
+bench_need() {
+  local bin
+  for bin in "$@"; do
+    [[ -x $bin ]] || die "$bin is missing; build first: cmake --preset release && cmake --build build/release -j2"
+  done
+}
 
 # warden_start DIR [AMQP_LINE...]
 # Writes DIR/warden.ini (store in DIR/data, plain AMQP and REST on ports the OS picks, no device rate limit,

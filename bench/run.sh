@@ -20,10 +20,8 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(dirname "$here")
-WARDEN_BIN=${WARDEN_BIN:-$repo/build/release/warden}
-BENCH_BIN=${BENCH_BIN:-$repo/build/release/bench/warden-bench}
-PYTHON=${PYTHON:-python3}
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 SIZE=${SIZE:-256}
 MSGS_1=${MSGS_1:-400000}
 MSGS_10=${MSGS_10:-1000000}
@@ -57,14 +55,9 @@ if (( REST_DEVICES < 1 || REST_DEVICES > N_DEVICES )); then
   echo "run.sh: REST_DEVICES must be 1..$N_DEVICES" >&2; exit 2
 fi
 
-for bin in "$WARDEN_BIN" "$BENCH_BIN"; do
-  [[ -x $bin ]] || { echo "run.sh: $bin is missing; build first: cmake --preset release && cmake --build build/release" >&2; exit 2; }
-done
+bench_need "$WARDEN_BIN" "$BENCH_BIN"
 command -v curl >/dev/null || { echo "run.sh: curl is required" >&2; exit 2; }
 
-die() { echo "run.sh: $*" >&2; exit 1; }
-# shellcheck source=bench/lib.sh
-. "$here/lib.sh"
 bench_tmp warden-bench
 
 warden_start "$tmp" "tls_listen =" "max_connections = 10000"
