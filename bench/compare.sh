@@ -53,7 +53,6 @@ PROTON_BROKER_PATCH=${PROTON_BROKER_PATCH:-1}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
 DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
-
 bench_need "$WARDEN_BIN" "$BENCH_BIN"
 (( SIZE >= 40 )) || die "SIZE must be at least 40 (e2e's payload header)"
 command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
@@ -138,14 +137,7 @@ wait_port() {
 }
 
 # ---- wait for a CI dry run (ctest) to finish before loading the machine
-if (( WAIT_CTEST )); then
-  for i in $(seq 0 50); do
-    pgrep -x ctest >/dev/null || break
-    (( i == 50 )) && die "ctest still running after 25 minutes; not benchmarking (WAIT_CTEST=0 to skip the check)"
-    (( i == 0 )) && log "a ctest process is running; waiting for it to finish (polling every 30 s, at most 25 min)"
-    sleep 30
-  done
-fi
+(( WAIT_CTEST )) && bench_wait_for_ctest
 
 # ---- warden
 start_warden() {

@@ -32,7 +32,6 @@ WAIT_CTEST=${WAIT_CTEST:-1}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
 DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
-
 bench_need "$WARDEN_BIN" "$BENCH_BIN"
 for m in $MODES; do
   case $m in plain|tls|tls-resume) ;; *) die "unknown mode '$m' (plain, tls, tls-resume)";; esac
@@ -43,14 +42,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bench_tmp warden-connections
 
-if (( WAIT_CTEST )); then
-  for i in $(seq 0 50); do
-    pgrep -x ctest >/dev/null || break
-    (( i == 50 )) && die "ctest still running after 25 minutes; not benchmarking (WAIT_CTEST=0 to skip the check)"
-    (( i == 0 )) && log "a ctest process is running; waiting for it to finish (polling every 30 s, at most 25 min)"
-    sleep 30
-  done
-fi
+(( WAIT_CTEST )) && bench_wait_for_ctest
 
 start_warden() {   # dir, number of devices
   local d=$1 ndev=$2

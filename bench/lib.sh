@@ -17,6 +17,17 @@ bench_need() {
   done
 }
 
+# bench_wait_for_ctest: a test run loads the machine; wait until no ctest process runs (at most 25 min).
+bench_wait_for_ctest() {
+  local i
+  for i in $(seq 0 50); do
+    pgrep -x ctest >/dev/null || return 0
+    (( i == 50 )) && die "ctest still running after 25 minutes; not benchmarking (WAIT_CTEST=0 to skip the check)"
+    (( i == 0 )) && log "a ctest process is running; waiting for it to finish (polling every 30 s, at most 25 min)"
+    sleep 30
+  done
+}
+
 # warden_start DIR [AMQP_LINE...]
 # Writes DIR/warden.ini (store in DIR/data, plain AMQP and REST on ports the OS picks, no device rate limit,
 # dev_mode) with each AMQP_LINE added to [amqp] (default: no TLS listener), starts warden with its log in

@@ -9,7 +9,7 @@ import uuid
 
 from proton import Data, Delivery, Message, symbol
 
-from warden_harness import ACCEPTED, DEFAULT_SERVICES, REJECTED, WardenTestCase, new_id
+from warden_harness import ACCEPTED, DEFAULT_SERVICES, REJECTED, WardenTestCase, message_sections, new_id
 
 OPS_SECRET = "ops-secret-for-command-tests"
 CMDONLY_SECRET = "cmdonly-secret-for-tests"
@@ -108,22 +108,9 @@ def id_types(raw):
     """The AMQP type names ('string', 'ulong', 'uuid', 'binary', ...) of message-id and correlation-id
     in an encoded message, read from its properties section (python-proton's Message turns a
     ulong id into a plain int)."""
-    d = Data()
-    off = 0
     out = {"message-id": None, "correlation-id": None}
-    while off < len(raw):
-        d.clear()
-        n = d.decode(raw[off:])
-        if n <= 0:
-            break
-        off += n
-        d.rewind()
-        d.next()
-        if d.type() != Data.DESCRIBED:
-            continue
-        d.enter()
-        d.next()
-        if d.get_object() == 0x73:  # properties
+    for code, d in message_sections(raw):
+        if code == 0x73:  # properties
             d.next()
             d.enter()
             types = []
@@ -136,7 +123,6 @@ def id_types(raw):
                 out["message-id"] = types[0]
             if len(types) > 5:
                 out["correlation-id"] = types[5]
-        d.exit()
     return out
 
 

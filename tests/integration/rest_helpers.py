@@ -17,9 +17,7 @@ import threading
 import time
 import urllib.parse
 
-from proton import Data
-
-from warden_harness import Gateway, Response
+from warden_harness import Gateway, Response, message_sections
 
 # AMQP 1.0 section descriptors
 SECTION_NAMES = {0x70: "header", 0x71: "delivery-annotations", 0x72: "message-annotations",
@@ -33,25 +31,7 @@ def dev_path(dev, suffix=""):
 
 def body_sections(raw):
     """The section names of an encoded AMQP message, in order: ['header', 'properties', 'data', ...]."""
-    d = Data()
-    off = 0
-    out = []
-    while off < len(raw):
-        d.clear()
-        n = d.decode(raw[off:])
-        if n <= 0:
-            break
-        off += n
-        d.rewind()
-        d.next()
-        if d.type() != Data.DESCRIBED:
-            out.append("?")
-            continue
-        d.enter()
-        d.next()
-        out.append(SECTION_NAMES.get(int(d.get_object()), "?"))
-        d.exit()
-    return out
+    return ["?" if code is None else SECTION_NAMES.get(int(code), "?") for code, _ in message_sections(raw)]
 
 
 def iso_ms(text):
@@ -238,27 +218,12 @@ class HttpsGateway(Gateway):
         ctx = ssl.create_default_context(cafile=self.rest_ca)
         return ctx
 
-    def rest(self, method, path, body=None, token="admin", headers=None, timeout=10.0):
-        if token == "admin":
-            token = self.token
-        hdrs = dict(headers or {})
-        if token is not None:
-            hdrs["Authorization"] = "Bearer " + token
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-            hdrs.setdefault("Content-Type", "application/json")
+    def rest_connection(self, timeout):
         # by name, for the certificate check; connected to 127.0.0.1 where warden listens
         conn = http.client.HTTPSConnection("localhost", self.http_port, timeout=timeout, context=self.ssl_context())
         raw = socket.create_connection(("127.0.0.1", self.http_port), timeout=timeout)
         conn.sock = self.ssl_context().wrap_socket(raw, server_hostname="localhost")
-        try:
-            conn.request(method, path, body=data, headers=hdrs)
-            r = conn.getresponse()
-            payload = r.read()
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, payload)
-        finally:
-            conn.close()
+        return conn
 
 
 # --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import urllib.parse
 import uuid
 
 try:
-    from proton import Delivery, Endpoint, Message, SSLDomain, symbol
+    from proton import Data, Delivery, Endpoint, Message, SSLDomain, symbol
     from proton import Handler
     from proton.reactor import AtMostOnce
     from proton.utils import BlockingConnection
@@ -398,6 +398,10 @@ class Gateway:
         return os.path.join(self.data, "tls", "dev-cert.pem")
 
     # -- REST
+    def rest_connection(self, timeout):
+        """The HTTP connection one rest() call uses."""
+        return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+
     def rest(self, method, path, body=None, token="admin", headers=None, timeout=10.0):
         if token == "admin":
             token = self.token
@@ -408,7 +412,7 @@ class Gateway:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
             hdrs.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        conn = self.rest_connection(timeout)
         try:
             conn.request(method, path, body=data, headers=hdrs)
             r = conn.getresponse()
@@ -800,6 +804,29 @@ def connect_error(fn):
     else:
         c.close()
         return None
+
+
+def message_sections(raw):
+    """Walks the sections of an encoded AMQP message. Yields (descriptor, d) for each: d is a proton Data
+    positioned on the section's descriptor inside it (the caller may move on to its value), descriptor
+    is None for a section that is not a described value."""
+    d = Data()
+    off = 0
+    while off < len(raw):
+        d.clear()
+        n = d.decode(raw[off:])
+        if n <= 0:
+            return
+        off += n
+        d.rewind()
+        d.next()
+        if d.type() != Data.DESCRIBED:
+            yield None, d
+            continue
+        d.enter()
+        d.next()
+        yield d.get_object(), d
+        d.exit()
 
 
 def telemetry_message(body=b"", msg_id=None, inferred=True, **kw):
