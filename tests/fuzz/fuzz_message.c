@@ -18,19 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "gateway/base/err.h"
 #include "protocol/message.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond, ...)                                 \
-  do {                                                   \
-    if (!(cond)) {                                       \
-      fprintf(stderr, "broken promise: " __VA_ARGS__);   \
-      fputc('\n', stderr);                               \
-      abort();                                           \
-    }                                                    \
-  } while (0)
 
 static bool decodes(const uint8_t *p, size_t len) {
   if (len == 0) return false; /* Proton asserts on an empty buffer */

@@ -31,15 +31,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond, ...)                            \
-  do {                                              \
-    if (!(cond)) {                                  \
-      fprintf(stderr, "broken promise: " __VA_ARGS__); \
-      fputc('\n', stderr);                          \
-      abort();                                      \
-    }                                               \
-  } while (0)
-
 static bool names_device(wd_http_route_kind_t k) {
   return k >= WD_HTTP_ROUTE_DEVICE_GET && k <= WD_HTTP_ROUTE_NOTIFY_GROUP;
 }

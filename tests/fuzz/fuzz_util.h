@@ -1,9 +1,9 @@
 #ifndef WD_FUZZ_UTIL_H
 #define WD_FUZZ_UTIL_H
 
-/* Small helpers shared by the fuzz targets: a private temporary directory
- * (in memory when /dev/shm is there, so store commits cost no disk flush) and
- * its removal at exit. */
+/* Small helpers shared by the fuzz targets: CHECK for the promises a harness
+ * verifies, a private temporary directory (in memory when /dev/shm is there,
+ * so store commits cost no disk flush) and its removal at exit. */
 
 #include <dirent.h>
 #include <stdint.h>
@@ -11,6 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* A promise of the header under test that the input broke: say which, and
+ * abort so that libFuzzer keeps the input. */
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    if (!(cond)) {                                     \
+      fprintf(stderr, "broken promise: " __VA_ARGS__); \
+      fputc('\n', stderr);                             \
+      abort();                                         \
+    }                                                  \
+  } while (0)
 
 /* Creates "<tmp>/warden-fuzz-<what>-XXXXXX" into dir. Returns 0 or -1. */
 static inline int fz_tempdir(const char *what, char *dir, size_t cap) {
