@@ -695,16 +695,15 @@ static cmd_props_t read_props(pn_message_t *m) {
   return r;
 }
 
-/* Receives one whole delivery into a thread-local buffer and decodes it; NULL (delivery settled) if aborted
- * or undecodable, NULL (untouched) if not complete yet. */
-static pn_message_t *recv_message(pn_link_t *l, pn_delivery_t *d, bool *bad) {
+/* Receives one whole delivery into a thread-local buffer and decodes it; NULL (delivery settled, counted as
+ * malformed) if aborted or undecodable, NULL (untouched) if not complete yet. */
+static pn_message_t *recv_message(pn_link_t *l, pn_delivery_t *d) {
   static _Thread_local char *buf;
   static _Thread_local size_t cap;
   static _Thread_local pn_message_t *m;
-  *bad = false;
   if (pn_delivery_aborted(d)) {
     pn_delivery_settle(d);
-    *bad = true;
+    atomic_fetch_add(&malformed, 1);
     return NULL;
   }
   if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return NULL;
@@ -720,7 +719,7 @@ static pn_message_t *recv_message(pn_link_t *l, pn_delivery_t *d, bool *bad) {
   if (n < 0 || !m || (pn_message_clear(m), pn_message_decode(m, buf, (size_t)n)) != 0) {
     pn_delivery_update(d, PN_ACCEPTED);
     pn_delivery_settle(d);
-    *bad = true;
+    atomic_fetch_add(&malformed, 1);
     return NULL;
   }
   return m;
@@ -728,12 +727,8 @@ static pn_message_t *recv_message(pn_link_t *l, pn_delivery_t *d, bool *bad) {
 
 /* A device received a command: accept it, check it is ours, for this device, new and in order; record latency. */
 static void device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
-  bool bad;
-  pn_message_t *m = recv_message(l, d, &bad);
-  if (!m) {
-    if (bad) atomic_fetch_add(&malformed, 1);
-    return;
-  }
+  pn_message_t *m = recv_message(l, d);
+  if (!m) return;
   int64_t t = now_ns();
   cmd_props_t p = read_props(m);
   pn_delivery_update(d, PN_ACCEPTED);
@@ -764,12 +759,8 @@ static void device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
 
 /* --feedback: the service's receiver on `feedback`; counts this run's outcomes by status. */
 static void feedback_delivery(pn_link_t *l, pn_delivery_t *d) {
-  bool bad;
-  pn_message_t *m = recv_message(l, d, &bad);
-  if (!m) {
-    if (bad) atomic_fetch_add(&malformed, 1);
-    return;
-  }
+  pn_message_t *m = recv_message(l, d);
+  if (!m) return;
   pn_msgid_t cid = pn_message_get_correlation_id(m);
   bool ours = (cid.type == PN_STRING || cid.type == PN_SYMBOL) && cid.u.as_bytes.size > 17 &&
               memcmp(cid.u.as_bytes.start, run_hex, 16) == 0 && cid.u.as_bytes.start[16] == '-';
@@ -1069,12 +1060,8 @@ static void *rest_main(void *arg) {
 
 /* A device received a REST command: accept it, check it is ours, for this device and new; record latency. */
 static void rest_device_delivery(bench_conn_t *bc, pn_link_t *l, pn_delivery_t *d) {
-  bool bad;
-  pn_message_t *m = recv_message(l, d, &bad);
-  if (!m) {
-    if (bad) atomic_fetch_add(&malformed, 1);
-    return;
-  }
+  pn_message_t *m = recv_message(l, d);
+  if (!m) return;
   int64_t t = now_ns();
   pn_delivery_update(d, PN_ACCEPTED);
   pn_delivery_settle(d);
