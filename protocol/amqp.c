@@ -550,7 +550,10 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
     pn_transport_t *t = pn_transport();
     if (!c || !t) {
       wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a connection");
-      free(c);
+      if (c) { /* registered already: leave no dangling entry behind */
+        wd_amqp__conn_gone(c);
+        wd_amqp__conn_free(c);
+      }
       if (t) pn_transport_free(t);
       pn_listener_accept2(l, pc, NULL);
       pn_connection_close(pc);
