@@ -5,7 +5,12 @@
  * peer can reach process_response in any state, so all 14 are filled. Proton
  * does not refuse PLAIN over cleartext on a server; list_mechanisms and
  * process_init do. pnx_sasl_set_succeeded keeps the user pointer it is given,
- * so the string lives in the context until `free`. */
+ * so the string lives in the context until `free`.
+ *
+ * The plugin also claims a SASL security layer, whose encode and decode leave
+ * the bytes as they are: Proton then passes everything the peer sends after
+ * SASL through `decode`, which is where the frame guard reads it before
+ * Proton's engine does (protocol/frame_guard.h). */
 
 #include <proton/netaddr.h>
 #include <proton/sasl.h>
@@ -15,6 +20,7 @@
 #include <string.h>
 
 #include "gateway/base/log.h"
+#include "protocol/frame_guard.h"
 #include "protocol/internal.h"
 #include "protocol/sas.h"
 
@@ -23,11 +29,17 @@ typedef struct {
   bool tls;
   bool tried; /* a sasl-init was processed: one is all a connection gets */
   wd_identity_t who;
+  wd_frame_guard_t guard;
 } sasl_ctx_t;
 
 static const char sas_prefix[] = "SharedAccessSignature ";
 
-static void s_free(pn_transport_t *t) { free(pnx_sasl_get_context(t)); }
+static void s_free(pn_transport_t *t) {
+  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  if (!ctx) return;
+  wd_frame_guard_fini(&ctx->guard);
+  free(ctx);
+}
 
 static bool plain_allowed(pn_transport_t *t, sasl_ctx_t *ctx) {
   return pnx_sasl_is_transport_encrypted(t) || ctx->amqp->cfg.dev_mode;
@@ -74,26 +86,42 @@ static void s_process_challenge(pn_transport_t *t, const pn_bytes_t *recv) {
   (void)recv;
 }
 
-static bool s_can_encrypt(pn_transport_t *t) {
-  (void)t;
-  return false;
-}
-
-static ssize_t s_max_encrypt_size(pn_transport_t *t) {
-  (void)t;
-  return 0;
-}
-
-static ssize_t s_code(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
-  (void)t;
-  (void)in;
-  (void)out;
-  return -1;
-}
-
 static void remote_addr(pn_transport_t *t, char *buf, size_t cap) {
   const pn_netaddr_t *na = pn_transport_remote_addr(t);
   if (!na || pn_netaddr_str(na, buf, cap) < 0) snprintf(buf, cap, "?");
+}
+
+static bool s_can_encrypt(pn_transport_t *t) { return pnx_sasl_get_context(t) != NULL; }
+
+/* Only the size of the pieces encode and decode get; nothing is added to them. */
+static ssize_t s_max_encrypt_size(pn_transport_t *t) {
+  (void)t;
+  return 64 * 1024;
+}
+
+static ssize_t s_encode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
+  (void)t;
+  *out = in;
+  return (ssize_t)in.size;
+}
+
+static ssize_t s_decode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
+  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  const char *condition;
+  const char *why = wd_frame_guard_feed(&ctx->guard, (const uint8_t *)in.start, in.size, &condition);
+  if (why) {
+    char addr[64];
+    remote_addr(t, addr, sizeof addr);
+    wd_log("amqp", WD_LOG_WARNING, "closing the connection of '%s' from %s: %s", ctx->who.id, addr, why);
+    pn_condition_t *c = pn_transport_condition(t);
+    pn_condition_set_name(c, condition);
+    pn_condition_set_description(c, why);
+    /* Before the AMQP header Proton has no way to say why: the socket just closes. */
+    if (!ctx->guard.amqp_started) pn_transport_close_head(t);
+    return PN_EOS;
+  }
+  *out = in;
+  return (ssize_t)in.size;
 }
 
 /* Checks a service's secret. All services are compared, so timing does not say which names exist. */
@@ -254,6 +282,11 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
     pnx_sasl_set_failed(t);
   }
   pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
+  /* Bytes that came with the sasl-init (a client may pipeline its AMQP header
+     and frames) would go straight to Proton's AMQP layer, past `decode`, until
+     the outcome is written; writing it now puts the security layer - and so
+     the frame guard - in front of them. */
+  if (ok) pn_transport_pending(t);
 }
 
 static void s_process_outcome(pn_transport_t *t, const pn_bytes_t *recv) {
@@ -274,8 +307,8 @@ static const pnx_sasl_implementation warden_sasl = {
     .process_outcome = s_process_outcome,
     .can_encrypt = s_can_encrypt,
     .max_encrypt_size = s_max_encrypt_size,
-    .encode = s_code,
-    .decode = s_code,
+    .encode = s_encode,
+    .decode = s_decode,
 };
 
 void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls) {
@@ -285,6 +318,7 @@ void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls) {
   if (ctx) {
     ctx->amqp = a;
     ctx->tls = tls;
+    wd_frame_guard_init(&ctx->guard);
   }
   /* With no context every login fails in process_init's absence: refuse all. */
   pnx_sasl_set_implementation(t, &warden_sasl, ctx);

@@ -11,7 +11,9 @@ from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
-from limits_helpers import RawAmqp, sasl_init_plain
+from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, TRANSFER, RawAmqp, attach_frame,
+                            begin_frame, binary, boolean, described, frame, lst, null, open_frame, sasl_init_plain,
+                            uint)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
@@ -229,6 +231,65 @@ class WrongSaslTest(WardenTestCase):
         self.gw.assert_alive()
         d = self.device_client(self.gw, self.dev, self.key)
         self.send_telemetry(d, [Message(id="after", body=b"x")])
+
+
+def transfer(handle, delivery_id, payload, more, tag=b"t"):
+    """A transfer frame whose delivery-id may be left out (None), as continuation frames may."""
+    perf = described(TRANSFER, lst(uint(handle), null() if delivery_id is None else uint(delivery_id), binary(tag),
+                                   uint(0), boolean(False), boolean(more)))
+    return frame(perf + payload)
+
+
+class FrameGuardTest(WardenTestCase):
+    """Proton 0.37 aborts the process (assert in pn_do_transfer) on a first transfer
+    frame with more=true and no delivery-id. warden reads every frame after SASL
+    before Proton does and ends such a connection instead."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway()
+        cls.dev, cls.key = cls.gw.create_device()
+
+    def assert_still_serving(self):
+        self.gw.assert_alive()
+        d = self.device_client(self.gw, self.dev, self.key)
+        self.send_telemetry(d, [Message(id="after", body=b"x")])
+
+    def test_a_multi_frame_transfer_without_delivery_id_ends_only_that_connection(self):
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.login(self.dev, sas_token(self.dev, self.key))
+        c.begin(0)
+        _, credit, detach = c.attach_sender(0, 0, "telemetry")
+        self.assertIsNone(detach)
+        self.assertGreater(credit, 0)
+        c.send(transfer(0, None, described(DATA_SECTION, binary(b"part")), more=True))
+        self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
+        self.assertEqual(c.close_condition[0] if c.close_condition else None, "amqp:invalid-field")
+        self.assert_still_serving()
+
+    def test_the_same_frames_pipelined_behind_the_sasl_init_are_refused_too(self):
+        # Everything in one write: Proton reads the AMQP frames before it has
+        # written the SASL outcome.
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.send(SASL_HEADER + sasl_init_plain(self.dev, sas_token(self.dev, self.key)) + AMQP_HEADER + open_frame()
+               + begin_frame(0) + attach_frame(0, 0, "pipelined", "telemetry", sender=True)
+               + transfer(0, None, described(DATA_SECTION, binary(b"part")), more=True))
+        self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
+        self.assert_still_serving()
+
+    def test_continuation_frames_may_leave_out_the_delivery_id(self):
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.login(self.dev, sas_token(self.dev, self.key))
+        c.begin(0)
+        c.attach_sender(0, 0, "telemetry")
+        body = described(DATA_SECTION, binary(b"split over three frames"))
+        c.send(transfer(0, 0, body[:5], more=True) + transfer(0, None, body[5:9], more=True))
+        c.send(transfer(0, None, body[9:], more=False))
+        self.assertEqual(c.send_message(0, 0, 1, b"the next one"), ACCEPTED_STATE)
+        self.gw.assert_alive()
 
 
 if __name__ == "__main__":
