@@ -113,6 +113,7 @@ static ssize_t s_decode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
     char addr[64];
     remote_addr(t, addr, sizeof addr);
     wd_log("amqp", WD_LOG_WARNING, "closing the connection of '%s' from %s: %s", ctx->who.id, addr, why);
+    wd_metric_add(&wd_metrics.frames_refused, 1);
     pn_condition_t *c = pn_transport_condition(t);
     pn_condition_set_name(c, condition);
     pn_condition_set_description(c, why);

@@ -62,8 +62,11 @@ int wd_metrics_render(char **b, size_t *l, size_t *c) {
                            "warden_connections_accepted_total %llu\n"
                            "# HELP warden_connections_closed_total AMQP connections ended, for any reason.\n"
                            "# TYPE warden_connections_closed_total counter\n"
-                           "warden_connections_closed_total %llu\n",
-                           LOAD(m->connections_accepted), LOAD(m->connections_closed));
+                           "warden_connections_closed_total %llu\n"
+                           "# HELP warden_frames_refused_total AMQP connections ended for a frame warden does not pass on.\n"
+                           "# TYPE warden_frames_refused_total counter\n"
+                           "warden_frames_refused_total %llu\n",
+                           LOAD(m->connections_accepted), LOAD(m->connections_closed), LOAD(m->frames_refused));
   if (rc == WD_OK)
     rc = wd_metrics_printf(b, l, c,
                            "# HELP warden_messages_in_total Messages accepted, by address.\n"

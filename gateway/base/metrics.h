@@ -25,6 +25,7 @@ typedef enum {
 typedef struct {
   _Atomic int64_t connections_device, connections_service; /* gauges */
   _Atomic uint64_t connections_accepted, connections_closed; /* every transport, authenticated or not */
+  _Atomic uint64_t frames_refused; /* connections ended by the frame guard */
   _Atomic uint64_t messages_in[WD_MA_COUNT];  /* accepted from peers and REST, by address */
   _Atomic uint64_t messages_out[WD_MA_COUNT]; /* delivered to peers, by address */
   _Atomic uint64_t auth_failures;

@@ -12,8 +12,8 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, TRANSFER, RawAmqp, attach_frame,
-                            begin_frame, binary, boolean, described, frame, lst, null, open_frame, sasl_init_plain,
-                            uint)
+                            begin_frame, binary, boolean, described, frame, lst, metric_value, null, open_frame,
+                            sasl_init_plain, uint)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
@@ -267,6 +267,9 @@ class FrameGuardTest(WardenTestCase):
         self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
         self.assertEqual(c.close_condition[0] if c.close_condition else None, "amqp:invalid-field")
         self.assert_still_serving()
+        refused = metric_value(self.gw.rest("GET", "/metrics").body.decode("utf-8", "replace"), "warden_frames_refused_total")
+        self.assertIsNotNone(refused, "warden_frames_refused_total missing from /metrics")
+        self.assertGreaterEqual(refused, 1)
 
     def test_the_same_frames_pipelined_behind_the_sasl_init_are_refused_too(self):
         # Everything in one write: Proton reads the AMQP frames before it has

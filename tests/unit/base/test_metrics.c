@@ -45,6 +45,7 @@ static void test_counters_render_with_their_labels(void **state) {
   atomic_store(&wd_metrics.connections_device, 5);
   wd_metric_add(&wd_metrics.connections_accepted, 9);
   wd_metric_add(&wd_metrics.connections_closed, 4);
+  wd_metric_add(&wd_metrics.frames_refused, 2);
   atomic_store(&wd_metrics.queued, -0); /* a gauge may be zero */
   char *text = render();
   assert_non_null(strstr(text, "warden_messages_in_total{address=\"telemetry\"} 42\n"));
@@ -54,6 +55,7 @@ static void test_counters_render_with_their_labels(void **state) {
   assert_non_null(strstr(text, "warden_connections{kind=\"device\"} 5\n"));
   assert_non_null(strstr(text, "warden_connections_accepted_total 9\n"));
   assert_non_null(strstr(text, "warden_connections_closed_total 4\n"));
+  assert_non_null(strstr(text, "warden_frames_refused_total 2\n"));
   assert_non_null(strstr(text, "# TYPE warden_store_commit_seconds histogram\n"));
   free(text);
 }
