@@ -946,18 +946,16 @@ int wd_store_queue_read(wd_store_t *s, const char *device_id, const uint64_t *sk
                         int64_t now_ms, wd_store_queued_t **out) {
   *out = NULL;
   if (!wd_id_valid(device_id) || max == 0) return 0;
-  wd_store_queued_t *list = calloc(max, sizeof *list);
-  if (!list) return WD_ERR_NOMEM;
+  /* `max` is a peer's link credit, up to 2^32 - 1: the list grows with what
+     the queue holds, never to what the credit would allow. */
+  wd_store_queued_t *list = NULL;
+  size_t cap = 0;
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (rc) {
-    free(list);
-    return wd_store__map_rc(rc);
-  }
+  if (rc) return wd_store__map_rc(rc);
   MDB_cursor *cur;
   if ((rc = mdb_cursor_open(txn, s->dbi_queues, &cur))) {
     mdb_txn_abort(txn);
-    free(list);
     return wd_store__map_rc(rc);
   }
   uint8_t key[WD_ID_MAX + 9];
@@ -973,6 +971,16 @@ int wd_store_queue_read(wd_store_t *s, const char *device_id, const uint64_t *sk
     view_t view;
     if ((err = decode(&v, seq, &view)) < 0 || (err = load_blob(s, txn, &view)) < 0) break;
     if (view.q.expiry_ms <= now_ms) continue; /* an expired message is never delivered */
+    if (n == cap) {
+      size_t grown = cap ? cap * 2 : 16;
+      wd_store_queued_t *bigger = realloc(list, grown * sizeof *list);
+      if (!bigger) {
+        err = WD_ERR_NOMEM;
+        break;
+      }
+      list = bigger;
+      cap = grown;
+    }
     wd_store_queued_t *q = &list[n];
     *q = view.q;
     q->message_id = strdup(view.msgid);

@@ -232,6 +232,13 @@ static void test_queue_is_fifo_and_read_honours_skip_and_max(void **state) {
   assert_int_equal(wd_store_queue_read(fx->store, "d1", NULL, 0, 0, wd_now_ms(), &list), 0);
   assert_int_equal(wd_store_queue_read(fx->store, "nobody", NULL, 0, 5, wd_now_ms(), &list), 0);
   assert_null(list);
+  /* The most a receiver's link credit can be: what is queued comes back, and
+     nothing is allocated for what is not (found by fuzz_amqp). */
+  assert_int_equal(wd_store_queue_read(fx->store, "d1", NULL, 0, UINT32_MAX, wd_now_ms(), &list), 4);
+  assert_int_equal(list[3].seq, 4);
+  free_list(list, 4);
+  assert_int_equal(wd_store_queue_read(fx->store, "d1", NULL, 0, SIZE_MAX, wd_now_ms(), &list), 4);
+  free_list(list, 4);
 }
 
 static void test_queues_of_devices_are_separate(void **state) {
