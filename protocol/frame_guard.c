@@ -72,8 +72,21 @@ static bool read_uint(const uint8_t *v, uint32_t *out) {
   }
 }
 
-/* A complete value that Proton reads as boolean true. */
-static bool is_true(const uint8_t *v) { return v[0] == 0x41 || (v[0] == 0x56 && v[1] != 0); }
+/* Booleans, read two ways so that a doubt always falls on the strict side:
+ * `may_be_true` also looks through a descriptor and takes any non-zero byte;
+ * `surely_true` and `surely_false` take only the plain encodings. v is a
+ * complete value. */
+static bool may_be_true(const uint8_t *v, const uint8_t *end) {
+  if (v[0] == 0x00) {
+    const uint8_t *value = wd_msg_skip_value(v + 1, end); /* past the descriptor */
+    return value && value < end && may_be_true(value, end);
+  }
+  return v[0] == 0x41 || (v[0] == 0x56 && end - v >= 2 && v[1] != 0);
+}
+
+static bool surely_true(const uint8_t *v) { return v[0] == 0x41 || (v[0] == 0x56 && v[1] == 1); }
+
+static bool surely_false(const uint8_t *v) { return v[0] == 0x40 || v[0] == 0x42 || (v[0] == 0x56 && v[1] == 0); }
 
 static int find_pending(const wd_frame_guard_t *g, uint16_t channel, uint32_t handle) {
   for (int i = 0; i < g->n_pending; i++)
@@ -92,42 +105,49 @@ static void remember(wd_frame_guard_t *g, uint16_t channel, uint32_t handle) {
   g->pending[g->n_pending++].handle = handle;
 }
 
-/* p: just past the descriptor; end: the end of what the window holds. */
+/* p: just past the descriptor; end: the end of what the window holds.
+ * Proton 0.37 reads a performative's fields to the end of the list's size,
+ * whatever its count says (fuzz_amqp found a count of 4 in front of 7
+ * fields, the 6th of them more=true), so the guard does too. */
 static const char *judge_transfer(wd_frame_guard_t *g, const uint8_t *p, const uint8_t *end, const char **condition) {
-  size_t count;
+  size_t list_bytes; /* the fields' bytes, as the size says */
   if (p >= end) return NULL; /* not a list: Proton refuses the frame itself */
   if (p[0] == 0x45) {
-    count = 0;
+    list_bytes = 0;
     p += 1;
   } else if (p[0] == 0xc0 && end - p >= 3) {
-    count = p[2];
+    list_bytes = p[1] >= 1 ? p[1] - 1u : 0;
     p += 3;
   } else if (p[0] == 0xd0 && end - p >= 9) {
-    count = be32(p + 5);
+    uint32_t size = be32(p + 1);
+    list_bytes = size >= 4 ? size - 4u : 0;
     p += 9;
   } else {
     return NULL;
   }
+  const uint8_t *stop = (size_t)(end - p) < list_bytes ? end : p + list_bytes;
   const uint8_t *field[N_FIELDS] = {0};
   size_t known = 0;
-  for (const uint8_t *q = p; known < count && known < N_FIELDS && q < end; known++) {
-    const uint8_t *next = wd_msg_skip_value(q, end);
+  const uint8_t *q = p;
+  while (known < N_FIELDS && q < stop) {
+    const uint8_t *next = wd_msg_skip_value(q, stop);
     if (!next) break;
-    field[known] = q;
+    field[known++] = q;
     q = next;
   }
-  if (known < count && known <= F_MORE) {
+  bool all_read = known == N_FIELDS || q == p + list_bytes;
+  if (!all_read && known <= F_MORE) {
     *condition = "amqp:decode-error";
     return "a transfer whose fields up to more cannot be read";
   }
   uint16_t channel = g->channel;
-  uint32_t handle = 0;
+  uint32_t handle = 0, id;
   bool have_handle = field[F_HANDLE] && read_uint(field[F_HANDLE], &handle);
-  uint32_t id;
   bool has_id = field[F_DELIVERY_ID] && read_uint(field[F_DELIVERY_ID], &id);
-  bool more = field[F_MORE] && is_true(field[F_MORE]);
+  bool more = field[F_MORE] && may_be_true(field[F_MORE], stop);
+  bool surely_more = field[F_MORE] && surely_true(field[F_MORE]);
   /* unread (beyond the window) counts as aborted: the flag is then taken as clear */
-  bool aborted = count > F_ABORTED && (!field[F_ABORTED] || is_true(field[F_ABORTED]));
+  bool surely_not_aborted = field[F_ABORTED] ? surely_false(field[F_ABORTED]) : all_read;
   int at = have_handle ? find_pending(g, channel, handle) : -1;
 
   if (more && !has_id && at < 0) {
@@ -136,7 +156,7 @@ static const char *judge_transfer(wd_frame_guard_t *g, const uint8_t *p, const u
   }
   if (!have_handle) {
     forget_channel(g, channel);
-  } else if (more && !aborted) {
+  } else if (surely_more && surely_not_aborted) {
     if (at < 0) remember(g, channel, handle);
   } else if (at >= 0) {
     g->pending[at] = g->pending[--g->n_pending];

@@ -1,6 +1,6 @@
 /* Unit tests for protocol/frame_guard.c: which frames a peer may send after
- * SASL reach Proton. Every case is fed whole and one byte at a time, since
- * TCP may split the bytes anywhere. */
+ * SASL reach Proton. The cases are fed whole, one byte at a time and in
+ * 7-byte pieces, since TCP may split the bytes anywhere. */
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -71,6 +71,11 @@ typedef struct {
   bool more;
   int aborted; /* ABSENT: the list stops after `more` */
   uint8_t doff;
+  uint32_t count;      /* 0: the number of fields written */
+  uint8_t more_len;    /* > 0: `more` written as more_raw */
+  uint8_t more_raw[8];
+  uint8_t aborted_len; /* > 0: `aborted` written as aborted_raw */
+  uint8_t aborted_raw[4];
 } xfer_t;
 
 static void transfer(bytes_t *out, xfer_t x) {
@@ -90,14 +95,21 @@ static void transfer(bytes_t *out, xfer_t x) {
   for (size_t i = 0; i < x.tag_len; i++) put_u8(&fields, (uint8_t)i);
   put_u8(&fields, 0x43);                  /* message-format */
   put_u8(&fields, 0x42);                  /* settled */
-  put_u8(&fields, x.more ? 0x41 : 0x42); /* more */
+  if (x.more_len)
+    put(&fields, x.more_raw, x.more_len);
+  else
+    put_u8(&fields, x.more ? 0x41 : 0x42);
   uint32_t count = 6;
   if (x.aborted != ABSENT) {
     uint8_t between[3] = {0x40, 0x40, 0x42}; /* rcv-settle-mode, state, resume */
     put(&fields, between, 3);
-    put_u8(&fields, x.aborted ? 0x41 : 0x42);
+    if (x.aborted_len)
+      put(&fields, x.aborted_raw, x.aborted_len);
+    else
+      put_u8(&fields, x.aborted ? 0x41 : 0x42);
     count = 10;
   }
+  if (x.count) count = x.count;
   bytes_t body = {.n = 0};
   uint8_t head[3] = {0x00, 0x53, TRANSFER};
   put(&body, head, 3);
@@ -263,6 +275,41 @@ static void test_only_amqp_frames_after_the_amqp_header(void **state) {
   assert_passes(&heartbeats);
 }
 
+/* Proton reads fields to the end of the list's size, whatever the count says. */
+static void test_fields_past_the_count_are_read(void **state) {
+  (void)state;
+  bytes_t b = with_header();
+  transfer(&b, (xfer_t){.handle = 0, .id = ABSENT, .tag_len = 1, .more = true, .aborted = ABSENT, .count = 4});
+  assert_refused(&b, "amqp:invalid-field");
+}
+
+/* Whatever Proton might read as more=true needs a delivery-id; only what it
+ * surely reads as more=true and not aborted starts a delivery in progress. */
+static void test_unusual_boolean_encodings_are_read_strictly(void **state) {
+  (void)state;
+  bytes_t two = with_header();
+  transfer(&two, (xfer_t){.handle = 0, .id = ABSENT, .tag_len = 1, .aborted = ABSENT, .more_len = 2,
+                          .more_raw = {0x56, 0x02}});
+  assert_refused(&two, "amqp:invalid-field");
+
+  bytes_t described_true = with_header();
+  transfer(&described_true, (xfer_t){.handle = 0, .id = ABSENT, .tag_len = 1, .aborted = ABSENT, .more_len = 4,
+                                     .more_raw = {0x00, 0x53, 0x01, 0x41}});
+  assert_refused(&described_true, "amqp:invalid-field");
+
+  bytes_t not_started = with_header();
+  transfer(&not_started, (xfer_t){.handle = 0, .id = 0, .tag_len = 1, .aborted = ABSENT, .more_len = 2,
+                                  .more_raw = {0x56, 0x02}});
+  transfer(&not_started, (xfer_t){.handle = 0, .id = ABSENT, .tag_len = 1, .more = true, .aborted = ABSENT});
+  assert_refused(&not_started, "amqp:invalid-field");
+
+  bytes_t maybe_aborted = with_header();
+  transfer(&maybe_aborted, (xfer_t){.handle = 0, .id = 0, .tag_len = 1, .more = true, .aborted = false,
+                                    .aborted_len = 2, .aborted_raw = {0x56, 0x07}});
+  transfer(&maybe_aborted, (xfer_t){.handle = 0, .id = ABSENT, .tag_len = 1, .more = true, .aborted = ABSENT});
+  assert_refused(&maybe_aborted, "amqp:invalid-field");
+}
+
 static void test_nothing_passes_after_a_refusal(void **state) {
   (void)state;
   bytes_t bad = with_header();
@@ -289,6 +336,8 @@ int main(void) {
       cmocka_unit_test(test_a_transfer_behind_an_extended_header_is_read),
       cmocka_unit_test(test_tags_beyond_the_window_are_refused),
       cmocka_unit_test(test_only_amqp_frames_after_the_amqp_header),
+      cmocka_unit_test(test_fields_past_the_count_are_read),
+      cmocka_unit_test(test_unusual_boolean_encodings_are_read_strictly),
       cmocka_unit_test(test_nothing_passes_after_a_refusal),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
