@@ -135,7 +135,7 @@ static const char *judge_transfer(wd_frame_guard_t *g, const uint8_t *p, const u
     field[known++] = q;
     q = next;
   }
-  bool all_read = known == N_FIELDS || q == p + list_bytes;
+  bool all_read = known == N_FIELDS || (size_t)(q - p) == list_bytes;
   if (!all_read && known <= F_MORE) {
     *condition = "amqp:decode-error";
     return "a transfer whose fields up to more cannot be read";
