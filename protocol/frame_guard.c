@@ -63,13 +63,11 @@ static bool read_unsigned(const uint8_t **p, const uint8_t *end, uint64_t *v) {
 }
 
 /* A complete value that Proton reads as a uint (the only type it takes for a handle or delivery-id). */
-static bool read_uint(const uint8_t *v, uint32_t *out) {
-  switch (v[0]) {
-    case 0x43: *out = 0; return true;
-    case 0x52: *out = v[1]; return true;
-    case 0x70: *out = be32(v + 1); return true;
-    default: return false;
-  }
+static bool read_uint(const uint8_t *v, const uint8_t *end, uint32_t *out) {
+  uint64_t x;
+  if ((v[0] != 0x43 && v[0] != 0x52 && v[0] != 0x70) || !read_unsigned(&v, end, &x)) return false;
+  *out = (uint32_t)x;
+  return true;
 }
 
 /* Booleans, read two ways so that a doubt always falls on the strict side:
@@ -142,8 +140,8 @@ static const char *judge_transfer(wd_frame_guard_t *g, const uint8_t *p, const u
   }
   uint16_t channel = g->channel;
   uint32_t handle = 0, id;
-  bool have_handle = field[F_HANDLE] && read_uint(field[F_HANDLE], &handle);
-  bool has_id = field[F_DELIVERY_ID] && read_uint(field[F_DELIVERY_ID], &id);
+  bool have_handle = field[F_HANDLE] && read_uint(field[F_HANDLE], stop, &handle);
+  bool has_id = field[F_DELIVERY_ID] && read_uint(field[F_DELIVERY_ID], stop, &id);
   bool more = field[F_MORE] && may_be_true(field[F_MORE], stop);
   bool surely_more = field[F_MORE] && surely_true(field[F_MORE]);
   /* unread (beyond the window) counts as aborted: the flag is then taken as clear */

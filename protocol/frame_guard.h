@@ -32,7 +32,6 @@
 typedef struct {
   bool amqp_started; /* Proton got the AMQP header: it can answer with a close frame */
   uint8_t phase;
-  uint8_t frame_type;
   uint16_t channel;
   uint32_t have;      /* bytes gathered into `buf` for the current piece */
   uint32_t body_left; /* bytes of the current frame's body not yet read */

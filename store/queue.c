@@ -1001,11 +1001,7 @@ int wd_store_queue_read(wd_store_t *s, const char *device_id, const uint64_t *sk
     free(list);
     return err;
   }
-  if (n == 0) {
-    free(list);
-    list = NULL;
-  }
-  *out = list;
+  *out = list; /* NULL when nothing was read */
   return (int)n;
 }
 

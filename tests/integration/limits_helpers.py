@@ -128,9 +128,13 @@ def flow_frame(channel, handle, credit, next_in=0, delivery_count=0):
 def transfer_frame(channel, handle, delivery_id, payload, more=False, raw=False):
     """An unsettled transfer of one message whose body is one data section holding `payload`
     (raw: `payload` is sent as it is, e.g. a later part of a message split over frames; more:
-    further transfer frames of this delivery follow)."""
-    perf = described(TRANSFER, lst(uint(handle), uint(delivery_id), binary(struct.pack(">I", delivery_id)),
-                                   uint(0), boolean(False), boolean(more)))
+    further transfer frames of this delivery follow; delivery_id None: left out, as a
+    continuation frame may)."""
+    if delivery_id is None:
+        id_field, tag = null(), b""
+    else:
+        id_field, tag = uint(delivery_id), struct.pack(">I", delivery_id)
+    perf = described(TRANSFER, lst(uint(handle), id_field, binary(tag), uint(0), boolean(False), boolean(more)))
     return frame(perf + (payload if raw else described(DATA_SECTION, binary(payload))), channel=channel)
 
 

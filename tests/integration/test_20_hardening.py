@@ -11,9 +11,8 @@ from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
-from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, TRANSFER, RawAmqp, attach_frame,
-                            begin_frame, binary, boolean, described, frame, lst, metric_value, null, open_frame,
-                            sasl_init_plain, uint)
+from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, RawAmqp, attach_frame, begin_frame,
+                            binary, described, metric_value, open_frame, sasl_init_plain, transfer_frame)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
@@ -233,12 +232,6 @@ class WrongSaslTest(WardenTestCase):
         self.send_telemetry(d, [Message(id="after", body=b"x")])
 
 
-def transfer(handle, delivery_id, payload, more, tag=b"t"):
-    """A transfer frame whose delivery-id may be left out (None), as continuation frames may."""
-    perf = described(TRANSFER, lst(uint(handle), null() if delivery_id is None else uint(delivery_id), binary(tag),
-                                   uint(0), boolean(False), boolean(more)))
-    return frame(perf + payload)
-
 
 class FrameGuardTest(WardenTestCase):
     """Proton 0.37 aborts the process (assert in pn_do_transfer) on a first transfer
@@ -263,7 +256,7 @@ class FrameGuardTest(WardenTestCase):
         _, credit, detach = c.attach_sender(0, 0, "telemetry")
         self.assertIsNone(detach)
         self.assertGreater(credit, 0)
-        c.send(transfer(0, None, described(DATA_SECTION, binary(b"part")), more=True))
+        c.send(transfer_frame(0, 0, None, described(DATA_SECTION, binary(b"part")), more=True, raw=True))
         self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
         self.assertEqual(c.close_condition[0] if c.close_condition else None, "amqp:invalid-field")
         self.assert_still_serving()
@@ -278,7 +271,7 @@ class FrameGuardTest(WardenTestCase):
         self.addCleanup(c.close)
         c.send(SASL_HEADER + sasl_init_plain(self.dev, sas_token(self.dev, self.key)) + AMQP_HEADER + open_frame()
                + begin_frame(0) + attach_frame(0, 0, "pipelined", "telemetry", sender=True)
-               + transfer(0, None, described(DATA_SECTION, binary(b"part")), more=True))
+               + transfer_frame(0, 0, None, described(DATA_SECTION, binary(b"part")), more=True, raw=True))
         self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
         self.assert_still_serving()
 
@@ -289,8 +282,9 @@ class FrameGuardTest(WardenTestCase):
         c.begin(0)
         c.attach_sender(0, 0, "telemetry")
         body = described(DATA_SECTION, binary(b"split over three frames"))
-        c.send(transfer(0, 0, body[:5], more=True) + transfer(0, None, body[5:9], more=True))
-        c.send(transfer(0, None, body[9:], more=False))
+        c.send(transfer_frame(0, 0, 0, body[:5], more=True, raw=True)
+               + transfer_frame(0, 0, None, body[5:9], more=True, raw=True))
+        c.send(transfer_frame(0, 0, None, body[9:], raw=True))
         self.assertEqual(c.send_message(0, 0, 1, b"the next one"), ACCEPTED_STATE)
         self.gw.assert_alive()
 
