@@ -1011,9 +1011,12 @@ static enum MHD_Result metrics(wd_http_req_t *r) {
                            "# TYPE warden_store_bytes gauge\n"
                            "warden_store_bytes{kind=\"used\"} %llu\nwarden_store_bytes{kind=\"limit\"} %llu\n"
                            "# HELP warden_store_full_total Commits refused because the store was full.\n"
-                           "# TYPE warden_store_full_total counter\nwarden_store_full_total %llu\n",
+                           "# TYPE warden_store_full_total counter\nwarden_store_full_total %llu\n"
+                           "# HELP warden_store_journal_writes_total Batches of appends acknowledged from the "
+                           "journal, ahead of their commit.\n"
+                           "# TYPE warden_store_journal_writes_total counter\nwarden_store_journal_writes_total %llu\n",
                            (unsigned long long)st.used_bytes, (unsigned long long)st.map_size,
-                           (unsigned long long)st.commit_failures_full);
+                           (unsigned long long)st.commit_failures_full, (unsigned long long)st.journal_writes);
   if (rc < 0) {
     free(buf);
     return answer_store_error(r, rc);

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config openssl
   libqpid-proton11-dev libssl-dev liblmdb-dev lmdb-utils libmicrohttpd-dev
-  libcmocka-dev libjansson-dev libinih-dev libjwt-dev libcurl4-openssl-dev
+  libcmocka-dev zlib1g-dev libjansson-dev libinih-dev libjwt-dev libcurl4-openssl-dev
   python3-qpid-proton curl procps
   clang libclang-rt-14-dev
 )

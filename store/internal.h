@@ -19,8 +19,25 @@ struct wd_store__op {
   wd_store__op_t *next;
   int (*apply)(wd_store_t *s, MDB_txn *txn, wd_store__op_t *op);
   void (*complete)(wd_store_t *s, wd_store__op_t *op, int rc);
-  bool appends_telemetry;
+  /* Set by a plain append, which the journal can carry; else NULL. */
+  wd_store_log_t *appends_to;
+  size_t append_len;
 };
+
+/* The append journal (journal.c). The writer's. */
+typedef struct {
+  char path[4096];
+  int fd; /* O_DIRECT|O_DSYNC where the file system allows it, else O_DSYNC */
+  bool direct;
+  uint64_t store_id;
+  uint64_t gen;    /* generation being written; LMDB holds every record of the earlier ones */
+  uint64_t offset; /* where the next record goes */
+  uint64_t size;
+  bool pending; /* records of this generation were written: the open transaction holds them */
+  uint8_t *buf; /* the record being built, block-aligned */
+  size_t len, cap;
+  uint32_t count;
+} wd_store__journal_t;
 
 /* A log touched by the open write transaction: its number before the
  * transaction, to roll back on abort and to publish on commit. */
@@ -41,6 +58,7 @@ struct wd_store {
   pthread_cond_t wake;
   wd_store__op_t *head, *tail;
   bool stopping;
+  _Atomic uint64_t submitted; /* ops ever queued: lets the writer look for new ones without the lock */
 
   /* Logs. The list only grows; each log's next_seq is the writer's. */
   pthread_mutex_t logs_lock; /* guards the log list and each log's group list; taken before a group's lock */
@@ -65,11 +83,17 @@ struct wd_store {
   } listeners[4];
   int n_listeners;
 
-  _Atomic uint64_t commits, commit_failures_full;
+  _Atomic uint64_t commits, commit_failures_full, journal_writes;
   _Atomic uint64_t used_pages; /* data pages in use, measured after commits */
   unsigned page_size;
   _Atomic bool pressure;
   uint64_t txn_bytes; /* appended by the open transaction; the writer's */
+
+  /* Journaled appends wait in this transaction for a commit (the writer's). */
+  wd_store__journal_t journal;
+  bool journal_collecting; /* log puts are copied into the journal record */
+  MDB_txn *open_txn;
+  int64_t open_since_us, journaled_us;
 };
 
 /* Queues an op for the writer. Returns WD_ERR_SHUTDOWN if the store is closing. */
@@ -94,6 +118,35 @@ int wd_store__logs_persist(wd_store_t *s, MDB_txn *txn);
 void wd_store__logs_rollback(wd_store_t *s);
 void wd_store__logs_committed(wd_store_t *s, bool persisted);
 void wd_store__logs_free(wd_store_t *s);
+/* After a journal write: what the open transaction appended is acknowledged
+ * (wd_store_log_bounds counts it) though not yet readable. */
+void wd_store__logs_acknowledged(wd_store_t *s);
+
+/* True once the log's entry is stored: appends to it can be journaled. Writer only. */
+bool wd_store__log_persisted(const wd_store_log_t *log);
+/* Puts a record the journal names, again: the log's numbering follows it. */
+int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len);
+
+/* The journal (journal.c). */
+int wd_store__journal_open(wd_store__journal_t *j, const char *dir);
+void wd_store__journal_close(wd_store__journal_t *j);
+/* Bytes an entry of data_len takes in a record. */
+size_t wd_store__journal_entry_len(size_t data_len);
+/* True if a record with entries of that many bytes fits in this generation. */
+bool wd_store__journal_room(const wd_store__journal_t *j, size_t entries_len);
+void wd_store__journal_begin(wd_store__journal_t *j);
+int wd_store__journal_add(wd_store__journal_t *j, uint32_t log_id, uint64_t seq, const void *data, size_t len);
+/* Writes the record built since begin, durably; WD_ERR_FULL if it does not fit. */
+int wd_store__journal_write(wd_store__journal_t *j);
+/* In the transaction that makes this generation's records LMDB's: says so. */
+int wd_store__journal_seal(wd_store_t *s, MDB_txn *txn);
+/* After that transaction committed: the next generation starts at offset 0. */
+void wd_store__journal_sealed(wd_store__journal_t *j);
+/* Puts again the records of generation `gen` and seals it, in txn. */
+int wd_store__journal_replay(wd_store_t *s, MDB_txn *txn, uint64_t gen, size_t *replayed);
+/* At open: the store's id, then the replay of what the last run acknowledged
+ * but did not commit. */
+int wd_store__journal_recover(wd_store_t *s, MDB_txn *txn);
 
 /* Registry hooks (registry.c) for queue.c. */
 int wd_store__device_get_in(wd_store_t *s, MDB_txn *txn, const char *id, wd_device_t **out);

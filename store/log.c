@@ -47,6 +47,7 @@ struct wd_store_log {
   uint64_t next_seq;      /* the writer's */
   uint64_t persisted_seq; /* the next_seq last written to the logs DBI; the writer's */
   _Atomic uint64_t committed_next_seq;
+  _Atomic uint64_t acked_next_seq; /* past the last record an appender was told of: committed or journaled */
   _Atomic uint64_t first_seq;
   wd_store_group_t *groups; /* under store->logs_lock */
   char name[];
@@ -98,6 +99,7 @@ static wd_store_log_t *log_new(wd_store_t *s, const char *name, size_t len, uint
   log->id = id;
   log->next_seq = 1;
   atomic_store(&log->committed_next_seq, 1);
+  atomic_store(&log->acked_next_seq, 1);
   atomic_store(&log->first_seq, 1);
   log->next_log = s->logs;
   s->logs = log;
@@ -138,6 +140,7 @@ static int log_bounds(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log) {
   }
   mdb_cursor_close(cur);
   atomic_store(&log->committed_next_seq, log->next_seq);
+  atomic_store(&log->acked_next_seq, log->next_seq);
   log->persisted_seq = log->next_seq;
   return WD_OK;
 }
@@ -234,6 +237,8 @@ int wd_store_log_open(wd_store_t *s, const char *name, wd_store_log_t **out) {
 
 const char *wd_store_log_name(const wd_store_log_t *log) { return log->name; }
 
+bool wd_store__log_persisted(const wd_store_log_t *log) { return log->persisted; }
+
 static int touch(wd_store_t *s, wd_store_log_t *log) {
   for (size_t i = 0; i < s->n_touched; i++)
     if (s->touched[i].log == log) return WD_OK;
@@ -260,6 +265,22 @@ int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *da
   if (rc) return wd_store__map_rc(rc);
   log->next_seq = seq + 1;
   atomic_store(&s->logs_dirty, true); /* the log's next number is persisted with this commit */
+  if (s->journal_collecting) return wd_store__journal_add(&s->journal, log->id, seq, data, len);
+  return WD_OK;
+}
+
+int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len) {
+  wd_store_log_t *log = s->logs;
+  while (log && log->id != log_id) log = log->next_log;
+  if (!log || !log->persisted) return WD_ERR_CORRUPT; /* only appends to stored logs are journaled */
+  int rc = touch(s, log);
+  if (rc < 0) return rc;
+  uint8_t key[KEY_LEN];
+  record_key(key, log->id, seq);
+  MDB_val k = {KEY_LEN, key}, v = {len, (void *)data};
+  if ((rc = mdb_put(txn, s->dbi_records, &k, &v, 0))) return wd_store__map_rc(rc);
+  if (seq >= log->next_seq) log->next_seq = seq + 1;
+  atomic_store(&s->logs_dirty, true);
   return WD_OK;
 }
 
@@ -279,6 +300,7 @@ static void publish(wd_store_t *s) {
   for (size_t i = 0; i < s->n_touched; i++) {
     wd_store_log_t *log = s->touched[i].log;
     atomic_store(&log->committed_next_seq, log->next_seq);
+    atomic_store(&log->acked_next_seq, log->next_seq);
     for (int l = 0; l < s->n_listeners; l++) s->listeners[l].fn(s->listeners[l].arg, log);
   }
   pthread_mutex_unlock(&s->listeners_lock);
@@ -396,7 +418,7 @@ int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_
   if (seq_offset != SIZE_MAX && (len < 8 || seq_offset > len - 8)) return WD_ERR_INVALID;
   append_op_t *op = malloc(sizeof *op);
   if (!op) return WD_ERR_NOMEM;
-  *op = (append_op_t){.base = {.apply = apply_append, .complete = complete_append},
+  *op = (append_op_t){.base = {.apply = apply_append, .complete = complete_append, .appends_to = log, .append_len = len},
                       .log = log,
                       .data = data,
                       .len = len,
@@ -547,5 +569,10 @@ int wd_store_log_read(wd_store_log_t *log, uint64_t from, wd_store_record_t *out
 
 void wd_store_log_bounds(wd_store_log_t *log, uint64_t *first, uint64_t *next) {
   *first = atomic_load(&log->first_seq);
-  *next = atomic_load(&log->committed_next_seq);
+  *next = atomic_load(&log->acked_next_seq);
+}
+
+void wd_store__logs_acknowledged(wd_store_t *s) {
+  for (size_t i = 0; i < s->n_touched; i++)
+    atomic_store(&s->touched[i].log->acked_next_seq, s->touched[i].log->next_seq);
 }

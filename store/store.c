@@ -4,9 +4,12 @@
  * applies them in one write transaction, commits once, and only then runs the
  * ops' completions. One synchronous commit costs ~0.2 ms on this class of disk,
  * so batching the appends of every connection into one commit is what lets
- * durability cost latency rather than throughput. */
+ * durability cost latency rather than throughput. A small batch made only of
+ * appends is acknowledged from the journal instead (journal.c) and committed
+ * with what follows it, at most COMMIT_DELAY_US later. */
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,18 @@
 #include "store/internal.h"
 
 #define MAX_OPS_PER_COMMIT 4096
+/* Larger batches commit at once: there one commit is shared by many, and a
+ * journal write as well would only add a flush. */
+#define JOURNAL_MAX_OPS 16
+#define JOURNAL_MAX_BYTES (256u << 10)
+/* Journaled appends are committed (readers see them) once no append has come
+ * for IDLE_COMMIT_US, and at the latest COMMIT_DELAY_US after the first. A
+ * commit holds the writer ~0.35 ms; the round trip of a client that waits for
+ * each acknowledgement is ~0.1 ms longer than the journal write, so it never
+ * leaves the writer idle that long, and shares one commit per COMMIT_DELAY_US. */
+#define IDLE_COMMIT_US 150
+#define COMMIT_DELAY_US 1000
+#define SPIN_US 100 /* how long an idle writer looks for the next op before it sleeps */
 #define IDLE_TICK_MS 100 /* how often an idle writer persists consumer-group progress */
 #define PRESSURE_ON_PERCENT 90
 #define PRESSURE_OFF_PERCENT 80
@@ -80,49 +95,111 @@ int wd_store__submit(wd_store_t *s, wd_store__op_t *op) {
   else
     s->head = op;
   s->tail = op;
+  atomic_fetch_add(&s->submitted, 1);
   pthread_cond_signal(&s->wake);
   pthread_mutex_unlock(&s->lock);
   return WD_OK;
 }
 
-/* Applies ops in one transaction. Returns WD_OK after a commit, or the error
- * that spoiled the transaction (then nothing of it is stored). */
-static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rcs) {
+static void measure(wd_store_t *s);
+
+/* After a transaction was aborted or failed to commit: its numbers are given
+ * back, and the appends the journal acknowledged in it are put again. */
+static void discard(wd_store_t *s) {
+  wd_store__logs_rollback(s);
+  s->queued_delta = 0;
+  if (!s->journal.pending) return;
   MDB_txn *txn;
-  int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-  if (rc != MDB_SUCCESS) return wd_store__map_rc(rc);
-  bool persisted = false;
+  size_t replayed = 0;
+  int rc = wd_store__map_rc(mdb_txn_begin(s->env, NULL, 0, &txn));
+  if (rc == WD_OK) {
+    rc = wd_store__journal_replay(s, txn, s->journal.gen, &replayed);
+    if (rc == WD_OK)
+      rc = wd_store__map_rc(mdb_txn_commit(txn));
+    else
+      mdb_txn_abort(txn);
+  }
+  if (rc < 0) {
+    /* Going on would number new appends over acknowledged ones. */
+    wd_log("store", WD_LOG_ERROR,
+           "cannot commit the appends the journal acknowledged: %s; stopping so that a restart applies them",
+           wd_err_str(rc));
+    abort();
+  }
+  atomic_fetch_add(&s->commits, 1);
+  wd_store__journal_sealed(&s->journal);
+  wd_store__logs_committed(s, false);
+}
+
+/* Commits txn with consumer-group progress and the journal generation it
+ * completes. On failure nothing of it is stored (see discard). */
+static int commit(wd_store_t *s, MDB_txn *txn) {
+  bool persisted = atomic_exchange(&s->logs_dirty, false);
+  int rc = WD_OK;
+  if (persisted) rc = wd_store__logs_persist(s, txn);
+  if (rc == WD_OK && s->journal.pending) rc = wd_store__journal_seal(s, txn);
+  if (rc < 0) {
+    mdb_txn_abort(txn);
+  } else {
+    int64_t started = wd_mono_us();
+    rc = wd_store__map_rc(mdb_txn_commit(txn));
+    if (rc == WD_OK) wd_metrics_commit((uint64_t)(wd_mono_us() - started));
+  }
+  if (rc < 0) {
+    if (persisted) atomic_store(&s->logs_dirty, true);
+    discard(s);
+    return rc;
+  }
+  atomic_fetch_add(&wd_metrics.queued, s->queued_delta);
+  s->queued_delta = 0;
+  atomic_fetch_add(&s->commits, 1);
+  if (s->journal.pending) wd_store__journal_sealed(&s->journal);
+  wd_store__logs_committed(s, persisted);
+  measure(s);
+  return WD_OK;
+}
+
+/* Commits the transaction journaled appends wait in, if one is open. */
+static void flush(wd_store_t *s) {
+  MDB_txn *txn = s->open_txn;
+  if (!txn) return;
+  s->open_txn = NULL;
+  commit(s, txn);
+}
+
+static int begin(wd_store_t *s, MDB_txn **txn) {
   s->txn_bytes = 0;
+  s->open_since_us = wd_mono_us();
+  return wd_store__map_rc(mdb_txn_begin(s->env, NULL, 0, txn));
+}
+
+/* Applies ops in one transaction (the open one, if any). Returns WD_OK after
+ * a commit, or the error that spoiled the transaction (then nothing of it is
+ * stored). */
+static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rcs) {
+  MDB_txn *txn = s->open_txn;
+  s->open_txn = NULL;
+  int rc;
+  if (!txn && (rc = begin(s, &txn)) < 0) return rc;
   wd_store__op_t *op = ops;
   for (size_t i = 0; i < count; i++, op = op->next) {
     rcs[i] = op->apply(s, txn, op);
     if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT || rcs[i] == WD_ERR_NOMEM) {
-      rc = rcs[i];
-      goto fail;
+      mdb_txn_abort(txn);
+      discard(s);
+      return rcs[i];
     }
   }
-  persisted = atomic_exchange(&s->logs_dirty, false);
-  if (persisted && (rc = wd_store__logs_persist(s, txn)) < 0) goto fail;
-  int64_t started = wd_mono_us();
-  rc = wd_store__map_rc(mdb_txn_commit(txn));
-  if (rc < 0) {
-    if (persisted) atomic_store(&s->logs_dirty, true);
-    wd_store__logs_rollback(s);
-    s->queued_delta = 0;
-    return rc;
+  return commit(s, txn);
+}
+
+static void complete_all(wd_store_t *s, wd_store__op_t *ops, size_t count, const int *rcs, int rc) {
+  wd_store__op_t *op = ops;
+  for (size_t i = 0; i < count; i++) {
+    wd_store__op_t *next = op->next;
+    op->complete(s, op, rcs ? rcs[i] : rc);
+    op = next;
   }
-  wd_metrics_commit((uint64_t)(wd_mono_us() - started));
-  atomic_fetch_add(&wd_metrics.queued, s->queued_delta);
-  s->queued_delta = 0;
-  atomic_fetch_add(&s->commits, 1);
-  wd_store__logs_committed(s, persisted);
-  return WD_OK;
-fail:
-  if (persisted) atomic_store(&s->logs_dirty, true);
-  s->queued_delta = 0;
-  mdb_txn_abort(txn);
-  wd_store__logs_rollback(s);
-  return rc;
 }
 
 /* Measures the pages holding data (the file itself never shrinks: LMDB
@@ -164,17 +241,10 @@ bool wd_store__append_room(wd_store_t *s, size_t len) {
 
 /* Commits a batch; when the store is full, falls back to one op per commit so
  * that every op that still fits is stored and only the rest fail. */
-static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
-  int *rcs = calloc(count ? count : 1, sizeof *rcs);
-  int rc = rcs ? apply_batch(s, ops, count, rcs) : WD_ERR_NOMEM;
+static void run_direct(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rcs) {
+  int rc = apply_batch(s, ops, count, rcs);
   if (rc == WD_OK) {
-    measure(s);
-    wd_store__op_t *op = ops;
-    for (size_t i = 0; i < count; i++) {
-      wd_store__op_t *next = op->next;
-      op->complete(s, op, rcs[i]);
-      op = next;
-    }
+    complete_all(s, ops, count, rcs, rc);
   } else if (count > 1 && rc == WD_ERR_FULL) {
     wd_log("store", WD_LOG_WARNING, "store full: retrying a batch of %zu writes one by one", count);
     atomic_fetch_add(&s->commit_failures_full, 1);
@@ -182,7 +252,7 @@ static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
     for (size_t i = 0; i < count; i++) {
       wd_store__op_t *next = op->next;
       op->next = NULL;
-      run_batch(s, op, 1);
+      run_direct(s, op, 1, rcs);
       op = next;
     }
   } else {
@@ -191,29 +261,103 @@ static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
     } else {
       wd_log("store", WD_LOG_ERROR, "commit failed: %s", wd_err_str(rc));
     }
-    wd_store__op_t *op = ops;
-    for (size_t i = 0; i < count; i++) {
-      wd_store__op_t *next = op->next;
-      op->complete(s, op, rc);
-      op = next;
-    }
+    complete_all(s, ops, count, NULL, rc);
+  }
+}
+
+/* True if the batch is small and only appends to stored logs, which the
+ * journal can acknowledge; *entries_len is what they take in a record. */
+static bool journalable(wd_store_t *s, wd_store__op_t *ops, size_t count, size_t *entries_len) {
+  if (count == 0 || count > JOURNAL_MAX_OPS || s->journal.fd < 0) return false;
+  size_t len = 0;
+  for (wd_store__op_t *op = ops; op; op = op->next) {
+    if (!op->appends_to || !wd_store__log_persisted(op->appends_to)) return false;
+    len += wd_store__journal_entry_len(op->append_len);
+    if (len > JOURNAL_MAX_BYTES) return false;
+  }
+  *entries_len = len;
+  return true;
+}
+
+/* Applies appends in the open transaction and acknowledges them as soon as
+ * the journal holds them; the commit comes later (flush). */
+static void run_journaled(wd_store_t *s, wd_store__op_t *ops, size_t count, size_t entries_len, int *rcs) {
+  if (s->open_txn && !wd_store__journal_room(&s->journal, entries_len)) flush(s);
+  int rc = s->open_txn ? WD_OK : begin(s, &s->open_txn);
+  if (rc < 0) {
+    s->open_txn = NULL;
+    complete_all(s, ops, count, NULL, rc);
+    return;
+  }
+  wd_store__journal_begin(&s->journal);
+  s->journal_collecting = true;
+  wd_store__op_t *op = ops;
+  for (size_t i = 0; i < count && rc == WD_OK; i++, op = op->next) {
+    rcs[i] = op->apply(s, s->open_txn, op);
+    if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT || rcs[i] == WD_ERR_NOMEM)
+      rc = rcs[i];
+  }
+  s->journal_collecting = false;
+  if (rc == WD_OK && s->journal.count > 0) rc = wd_store__journal_write(&s->journal);
+  if (rc < 0) {
+    /* Nothing of this batch was acknowledged: start over without the journal. */
+    mdb_txn_abort(s->open_txn);
+    s->open_txn = NULL;
+    discard(s);
+    run_direct(s, ops, count, rcs);
+    return;
+  }
+  s->journaled_us = wd_mono_us();
+  if (s->journal.count > 0) atomic_fetch_add(&s->journal_writes, 1);
+  wd_store__logs_acknowledged(s);
+  complete_all(s, ops, count, rcs, rc);
+  if (wd_mono_us() - s->open_since_us >= COMMIT_DELAY_US) flush(s);
+}
+
+/* Microseconds until the open transaction is due for its commit (<= 0: now). */
+static int64_t commit_due_in(wd_store_t *s) {
+  int64_t now = wd_mono_us(), by_age = s->open_since_us + COMMIT_DELAY_US - now,
+          by_idle = s->journaled_us + IDLE_COMMIT_US - now;
+  return by_age < by_idle ? by_age : by_idle;
+}
+
+static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
+  int *rcs = calloc(count ? count : 1, sizeof *rcs);
+  size_t entries_len;
+  if (!rcs) {
+    complete_all(s, ops, count, NULL, WD_ERR_NOMEM);
+  } else if (journalable(s, ops, count, &entries_len)) {
+    run_journaled(s, ops, count, entries_len, rcs);
+  } else {
+    run_direct(s, ops, count, rcs);
   }
   free(rcs);
 }
 
 static void *writer_main(void *arg) {
   wd_store_t *s = arg;
+  uint64_t seen = 0;
+  bool worked = false;
   for (;;) {
+    /* Right after a batch, the next op of a client that waits for each
+     * answer is due within ~0.1 ms; waking from the condition variable would
+     * add as much again, so look for it first. */
+    for (int64_t until = worked ? wd_mono_us() + SPIN_US : 0;
+         atomic_load_explicit(&s->submitted, memory_order_relaxed) == seen && wd_mono_us() < until;)
+      sched_yield();
     pthread_mutex_lock(&s->lock);
     if (!s->head && !s->stopping) {
-      /* Wake for work, for the next expiry, or to persist consumer-group progress. */
-      int64_t now = wd_now_ms(), wait_ms = IDLE_TICK_MS;
-      if (atomic_load(&s->sweeping) && s->next_expiry_ms - now < wait_ms) wait_ms = s->next_expiry_ms - now;
-      if (wait_ms > 0) {
+      /* Wake for work, for the next expiry, to commit journaled appends, or to
+       * persist consumer-group progress. */
+      int64_t now = wd_now_ms(), wait_us = IDLE_TICK_MS * 1000;
+      if (atomic_load(&s->sweeping) && s->next_expiry_ms - now < IDLE_TICK_MS) /* INT64_MAX: none */
+        wait_us = (s->next_expiry_ms - now) * 1000;
+      if (s->open_txn && commit_due_in(s) < wait_us) wait_us = commit_due_in(s);
+      if (wait_us > 0) {
         struct timespec deadline;
         clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_sec += wait_ms / 1000;
-        deadline.tv_nsec += (wait_ms % 1000) * 1000000L;
+        deadline.tv_sec += wait_us / 1000000;
+        deadline.tv_nsec += (wait_us % 1000000) * 1000L;
         if (deadline.tv_nsec >= 1000000000L) {
           deadline.tv_sec++;
           deadline.tv_nsec -= 1000000000L;
@@ -233,11 +377,21 @@ static void *writer_main(void *arg) {
       last->next = NULL;
     }
     bool stop = s->stopping && !s->head;
+    seen = atomic_load(&s->submitted);
     pthread_mutex_unlock(&s->lock);
+    worked = count > 0;
 
     if (atomic_load(&s->sweeping) && wd_now_ms() >= s->next_expiry_ms) wd_store__sweep(s);
-    if (count > 0 || atomic_load(&s->logs_dirty)) run_batch(s, ops, count);
-    if (stop && count == 0) break;
+    if (count > 0)
+      run_batch(s, ops, count);
+    else if (s->open_txn && (stop || commit_due_in(s) <= 0))
+      flush(s); /* group progress goes with it */
+    else if (!s->open_txn && atomic_load(&s->logs_dirty))
+      run_batch(s, NULL, 0);
+    if (stop && count == 0) {
+      flush(s);
+      break;
+    }
   }
   return NULL;
 }
@@ -281,11 +435,14 @@ static int open_dbis(wd_store_t *s) {
   }
   if (rc == MDB_SUCCESS) rc = wd_store__logs_load(s, txn);
   if (rc == MDB_SUCCESS) rc = wd_store__queues_load(s, txn);
+  if (rc == MDB_SUCCESS) rc = wd_store__journal_recover(s, txn);
   if (rc != MDB_SUCCESS) {
     mdb_txn_abort(txn);
     return rc < 0 ? rc : wd_store__map_rc(rc);
   }
-  return wd_store__map_rc(mdb_txn_commit(txn));
+  rc = wd_store__map_rc(mdb_txn_commit(txn));
+  if (rc == WD_OK) wd_store__logs_committed(s, false); /* what the journal put is the readers' now */
+  return rc;
 }
 
 /* Reads every page of every database once; a page that is not what LMDB
@@ -401,6 +558,12 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     free(s);
     return rc_short;
   }
+  rc = wd_store__journal_open(&s->journal, path);
+  if (rc < 0) {
+    mdb_env_close(s->env);
+    free(s);
+    return rc;
+  }
   MDB_stat env_stat;
   s->page_size = mdb_env_stat(s->env, &env_stat) == MDB_SUCCESS ? env_stat.ms_psize : 4096;
   int stale = 0;
@@ -411,6 +574,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     wd_log("store", WD_LOG_ERROR, "cannot read store at %s: %s; the store was left untouched", path,
            wd_err_str(rc));
     wd_store__logs_free(s);
+    wd_store__journal_close(&s->journal);
     mdb_env_close(s->env);
     free(s);
     return rc;
@@ -418,6 +582,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   measure(s);
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
     wd_store__logs_free(s);
+    wd_store__journal_close(&s->journal);
     mdb_env_close(s->env);
     free(s);
     return WD_ERR_NOMEM;
@@ -450,10 +615,7 @@ static void complete_barrier(wd_store_t *s, wd_store__op_t *base, int rc) {
   pthread_mutex_unlock(&b->lock);
 }
 
-void wd_store_quiesce(wd_store_t *s) {
-  if (!s) return;
-  /* Stop expiry first: a sweep queued after the barrier would call the codec. */
-  atomic_store(&s->sweeping, false);
+void wd_store_sync(wd_store_t *s) {
   barrier_op_t b = {.base = {.apply = apply_barrier, .complete = complete_barrier}};
   pthread_mutex_init(&b.lock, NULL);
   pthread_cond_init(&b.done_cond, NULL);
@@ -465,6 +627,13 @@ void wd_store_quiesce(wd_store_t *s) {
   }
   pthread_mutex_destroy(&b.lock);
   pthread_cond_destroy(&b.done_cond);
+}
+
+void wd_store_quiesce(wd_store_t *s) {
+  if (!s) return;
+  /* Stop expiry first: a sweep queued after the barrier would call the codec. */
+  atomic_store(&s->sweeping, false);
+  wd_store_sync(s);
   memset(&s->codec, 0, sizeof s->codec); /* the writer is idle or past every op that could use it */
 }
 
@@ -484,6 +653,7 @@ void wd_store_close(wd_store_t *s) {
   /* The writer drained its queue and persisted group progress before it stopped. */
   if (atomic_load(&s->logs_dirty)) run_batch(s, NULL, 0);
   wd_store__logs_free(s);
+  wd_store__journal_close(&s->journal);
   mdb_env_close(s->env);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->wake);
@@ -502,6 +672,7 @@ void wd_store_stats(wd_store_t *s, wd_store_stats_t *out) {
   out->used_bytes = atomic_load(&s->used_pages) * st.ms_psize;
   out->commits = atomic_load(&s->commits);
   out->commit_failures_full = atomic_load(&s->commit_failures_full);
+  out->journal_writes = atomic_load(&s->journal_writes);
 }
 
 int wd_store_add_append_listener(wd_store_t *s, wd_store_append_fn fn, void *arg) {

@@ -30,6 +30,11 @@ typedef struct wd_store wd_store_t;
  * when the directory cannot be used. *out is returned owned: wd_store_close. */
 int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out);
 
+/* Returns once every write submitted so far is committed: readers see it.
+ * (An append is acknowledged as soon as it is durable, which for a small
+ * batch is when the journal holds it; readers see it up to ~2 ms later.) */
+void wd_store_sync(wd_store_t *s);
+
 /* Finishes every write submitted so far (their callbacks have run when it
  * returns), stops expiry and forgets the codec: after it, the store calls
  * nothing outside itself except for writes submitted later. For shutdown,
@@ -51,6 +56,7 @@ typedef struct {
   uint64_t used_bytes;  /* pages holding data now */
   uint64_t file_bytes;  /* pages the file has grown to */
   uint64_t commits, commit_failures_full;
+  uint64_t journal_writes; /* batches of appends acknowledged from the journal */
 } wd_store_stats_t;
 void wd_store_stats(wd_store_t *s, wd_store_stats_t *out);
 
@@ -147,7 +153,10 @@ void wd_store_remove_append_listener(wd_store_t *s, wd_store_append_fn fn, void 
 /* Reads committed records from seq `from` on, whoever has read them: up to
  * max, in order. Returns the count or < 0; free each record's data. Thread-safe. */
 int wd_store_log_read(wd_store_log_t *log, uint64_t from, wd_store_record_t *out, size_t max);
-/* The oldest retained record and the next to be committed. Thread-safe. */
+/* The oldest retained record, and the number after the last one whose
+ * appender was told it is stored: a reader starting there sees only later
+ * appends (the last ~1 ms of them may not be readable yet; reads wait for
+ * their commit). Thread-safe. */
 void wd_store_log_bounds(wd_store_log_t *log, uint64_t *first, uint64_t *next);
 
 typedef void (*wd_store_done_fn)(void *ctx, int rc);

@@ -5,6 +5,7 @@ import unittest
 
 from proton import timestamp, ulong
 
+from limits_helpers import metric_value
 from warden_harness import (ACCEPTED, ANN_DEVICE, ANN_ENQUEUED, ANN_SEQUENCE, REJECTED,
                             LinkRefused, WardenTestCase, new_id, telemetry_message)
 
@@ -94,6 +95,26 @@ class TelemetryTest(WardenTestCase):
         self.assertEqual(len(set(seqs)), len(seqs), "duplicate sequence numbers: %r" % seqs)
         times = [m.annotations[ANN_ENQUEUED] for m in got]
         self.assertEqual(times, sorted(times), "enqueued times go backwards: %r" % times)
+
+    def test_one_message_in_flight_is_acknowledged_from_the_journal(self):
+        """A device waiting for each settlement is answered once the append journal holds the
+        message (docs/decisions/0006-append-journal.md); consumers still get every message, in order."""
+        def journal_writes():
+            r = self.gw.rest("GET", "/metrics")
+            self.assertEqual(r.status, 200, r)
+            value = metric_value(r.body.decode("utf-8"), "warden_store_journal_writes_total")
+            self.assertIsNotNone(value, "warden_store_journal_writes_total is missing from /metrics")
+            return value
+        dev, c = self.device()
+        s = c.sender("telemetry")
+        self.assertEqual(s.send(telemetry_message(b"first", msg_id=new_id("m"))), ACCEPTED)
+        before = journal_writes()
+        ids = [new_id("m") for _ in range(20)]
+        for i, mid in enumerate(ids):
+            self.assertEqual(s.send(telemetry_message(b"j%d" % i, msg_id=mid)), ACCEPTED)
+        self.assertGreaterEqual(journal_writes() - before, 10, "one at a time, most batches are one message")
+        got = self.read(ids, device=dev)
+        self.assertEqual([m.id for m in got][-20:], ids)
 
     def test_own_alias_address(self):
         dev, c = self.device()

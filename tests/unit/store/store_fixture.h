@@ -136,7 +136,7 @@ static inline void fx_reopen(fx_t *fx) {
 }
 
 /* Waits until every submitted callback has run; fails the test after FX_WAIT_MS. */
-static inline void fx_wait_all(fx_t *fx) {
+static inline void fx_wait_callbacks(fx_t *fx) {
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);
   deadline.tv_sec += FX_WAIT_MS / 1000;
@@ -146,6 +146,13 @@ static inline void fx_wait_all(fx_t *fx) {
   int left = fx->outstanding;
   pthread_mutex_unlock(&fx->mu);
   if (left > 0) fail_msg("%d store callbacks did not run within %d ms", left, FX_WAIT_MS);
+}
+
+/* The same, then waits until readers see every write: journaled appends are
+ * acknowledged up to ~1 ms before their commit. */
+static inline void fx_wait_all(fx_t *fx) {
+  fx_wait_callbacks(fx);
+  if (fx->store) wd_store_sync(fx->store);
 }
 
 static inline void fx_call_init(fx_t *fx, fx_call_t *c) {
