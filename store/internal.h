@@ -27,8 +27,7 @@ struct wd_store__op {
 /* The append journal (journal.c). The writer's. */
 typedef struct {
   char path[4096];
-  int fd; /* O_DIRECT|O_DSYNC where the file system allows it, else O_DSYNC */
-  bool direct;
+  int fd; /* O_DIRECT|O_DSYNC where the file system allows it, else O_DSYNC; -1: no journal */
   uint64_t store_id;
   uint64_t gen;    /* generation being written; LMDB holds every record of the earlier ones */
   uint64_t offset; /* where the next record goes */

@@ -73,10 +73,14 @@ int wd_store__journal_open(wd_store__journal_t *j, const char *dir) {
     }
   }
   close(fd);
+  fd = -1;
   j->size = JOURNAL_FILE_SIZE;
   j->fd = open(j->path, O_WRONLY | O_DIRECT | O_DSYNC | O_CLOEXEC);
-  j->direct = j->fd >= 0;
-  if (j->fd < 0 && errno == EINVAL) j->fd = open(j->path, O_WRONLY | O_DSYNC | O_CLOEXEC); /* tmpfs: no O_DIRECT */
+  if (j->fd < 0 && errno == EINVAL) { /* tmpfs */
+    wd_log("store", WD_LOG_INFO, "the file system of %s refuses O_DIRECT: journal writes go through the page cache",
+           j->path);
+    j->fd = open(j->path, O_WRONLY | O_DSYNC | O_CLOEXEC);
+  }
   if (j->fd < 0) goto io_error;
   j->cap = 64 * 1024;
   if (posix_memalign((void **)&j->buf, BLOCK, j->cap) != 0) {
@@ -87,9 +91,14 @@ int wd_store__journal_open(wd_store__journal_t *j, const char *dir) {
   }
   return WD_OK;
 io_error:
-  wd_log("store", WD_LOG_ERROR, "cannot prepare the journal %s: %s", j->path, strerror(errno));
+  /* Not fatal: every write then commits before it is acknowledged, as the
+   * big batches always do; a journal already there is still replayed. */
+  wd_log("store", WD_LOG_WARNING, "cannot prepare the journal %s (%s): appends are acknowledged after their commit",
+         j->path, strerror(errno));
   if (fd >= 0) close(fd);
-  return WD_ERR_IO;
+  if (j->fd >= 0) close(j->fd);
+  j->fd = -1;
+  return WD_OK;
 }
 
 void wd_store__journal_close(wd_store__journal_t *j) {
@@ -209,19 +218,21 @@ int wd_store__journal_replay(wd_store_t *s, MDB_txn *txn, uint64_t gen, size_t *
   wd_store__journal_t *j = &s->journal;
   *replayed = 0;
   int fd = open(j->path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  struct stat st;
+  if (fd < 0 && errno != ENOENT) {
     wd_log("store", WD_LOG_ERROR, "cannot read the journal %s: %s", j->path, strerror(errno));
     return WD_ERR_IO;
   }
+  size_t size = fd >= 0 && fstat(fd, &st) == 0 ? (size_t)st.st_size : 0; /* none: nothing to replay */
   int rc = WD_OK;
   uint8_t *rec = NULL;
   size_t off = 0;
   uint8_t h[HEADER_LEN];
-  while (rc == WD_OK && off + HEADER_LEN <= j->size && read_at(fd, h, HEADER_LEN, off)) {
+  while (rc == WD_OK && off + HEADER_LEN <= size && read_at(fd, h, HEADER_LEN, off)) {
     size_t payload = wd_store__be_u32(h + 24);
     uint32_t count = wd_store__be_u32(h + 28);
     if (memcmp(h, magic, 4) != 0 || wd_store__be_u64(h + 8) != j->store_id || wd_store__be_u64(h + 16) != gen ||
-        payload > j->size - off - HEADER_LEN)
+        payload > size - off - HEADER_LEN)
       break;
     uint8_t *grown = realloc(rec, HEADER_LEN + payload);
     if (!grown) {
@@ -244,7 +255,7 @@ int wd_store__journal_replay(wd_store_t *s, MDB_txn *txn, uint64_t gen, size_t *
     off += round_up(HEADER_LEN + payload);
   }
   free(rec);
-  close(fd);
+  if (fd >= 0) close(fd);
   if (rc == WD_OK) {
     j->gen = gen;
     rc = wd_store__journal_seal(s, txn);

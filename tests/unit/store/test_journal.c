@@ -170,6 +170,28 @@ static void test_bounds_count_an_acknowledged_append_before_readers_see_it(void 
   assert_int_equal(wd_store_log_read(fx->log, 49, recs, 1), 1);
   assert_int_equal(recs[0].seq, 49);
   free(recs[0].data);
+  wd_store_stats_t st;
+  wd_store_stats(fx->store, &st);
+  assert_true(st.journal_writes >= 48); /* each of those was acknowledged from the journal */
+}
+
+static void test_a_store_whose_journal_cannot_be_made_still_takes_appends(void **state) {
+  fx_t *fx = *state;
+  char path[400];
+  assert_int_equal(mkdir(fx->path, 0700), 0);
+  snprintf(path, sizeof path, "%s/journal", fx->path);
+  assert_int_equal(mkdir(path, 0700), 0); /* where the file would go */
+  fx_open(fx);
+  for (int i = 1; i <= 3; i++) {
+    char text[64];
+    record_text(text, sizeof text, i);
+    fx_append_text(fx, text);
+  }
+  wd_store_stats_t st;
+  wd_store_stats(fx->store, &st);
+  assert_int_equal(st.journal_writes, 0);
+  fx_reopen(fx);
+  expect_records(fx, "no-journal", 3);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
@@ -181,6 +203,7 @@ int main(void) {
       T(test_a_damaged_record_ends_the_replay_without_harm),
       T(test_a_journal_of_another_store_is_ignored),
       T(test_bounds_count_an_acknowledged_append_before_readers_see_it),
+      T(test_a_store_whose_journal_cannot_be_made_still_takes_appends),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
