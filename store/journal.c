@@ -157,7 +157,11 @@ int wd_store__journal_write(wd_store__journal_t *j) {
     ssize_t w = pwrite(j->fd, h + done, padded - done, (off_t)(j->offset + done));
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
-      wd_log("store", WD_LOG_ERROR, "journal write failed: %s", w < 0 ? strerror(errno) : "short write");
+      /* What it already holds is still replayed; new appends wait for their commits. */
+      wd_log("store", WD_LOG_ERROR, "journal write failed (%s): appends are acknowledged after their commit from now on",
+             w < 0 ? strerror(errno) : "short write");
+      close(j->fd);
+      j->fd = -1;
       return WD_ERR_IO;
     }
     done += (size_t)w;
