@@ -47,6 +47,7 @@ typedef struct {
 
 struct wd_store {
   MDB_env *env;
+  int lock_fd; /* holds the store's flock */
   MDB_dbi dbi_meta, dbi_devices, dbi_thumbprints, dbi_members, dbi_presence;
   MDB_dbi dbi_logs, dbi_records, dbi_groups;
   MDB_dbi dbi_queues, dbi_queue_meta, dbi_blobs, dbi_expiry, dbi_commands;

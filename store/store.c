@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -528,8 +530,32 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     wd_log("store", WD_LOG_ERROR, "cannot create store directory %s: %s", path, strerror(errno));
     return WD_ERR_IO;
   }
+  /* One process per store: the writer's numbering and the journal are its
+   * own. The lock goes with the process, however it ends. */
+  char lock_path[4096];
+  snprintf(lock_path, sizeof lock_path, "%s/warden.lock", path);
+  int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) {
+    wd_log("store", WD_LOG_ERROR, "cannot open %s: %s", lock_path, strerror(errno));
+    return WD_ERR_IO;
+  }
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    close(lock_fd);
+    if (err == EWOULDBLOCK) {
+      wd_log("store", WD_LOG_ERROR, "the store at %s is open in another process (another warden on the same [store] path?)",
+             path);
+      return WD_ERR_IN_USE;
+    }
+    wd_log("store", WD_LOG_ERROR, "cannot lock %s: %s", lock_path, strerror(err));
+    return WD_ERR_IO;
+  }
   wd_store_t *s = calloc(1, sizeof *s);
-  if (!s) return WD_ERR_NOMEM;
+  if (!s) {
+    close(lock_fd);
+    return WD_ERR_NOMEM;
+  }
+  s->lock_fd = lock_fd;
   s->map_size = max_size;
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->wake, NULL);
@@ -549,18 +575,21 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     wd_log("store", WD_LOG_ERROR, "cannot open store at %s: %s (%s); the store was left untouched", path,
            mdb_strerror(rc), wd_err_str(err));
     mdb_env_close(s->env);
+    close(s->lock_fd);
     free(s);
     return err;
   }
   int rc_short = check_short_file(s->env, path);
   if (rc_short < 0) {
     mdb_env_close(s->env);
+    close(s->lock_fd);
     free(s);
     return rc_short;
   }
   rc = wd_store__journal_open(&s->journal, path);
   if (rc < 0) {
     mdb_env_close(s->env);
+    close(s->lock_fd);
     free(s);
     return rc;
   }
@@ -576,6 +605,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     wd_store__logs_free(s);
     wd_store__journal_close(&s->journal);
     mdb_env_close(s->env);
+    close(s->lock_fd);
     free(s);
     return rc;
   }
@@ -584,6 +614,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     wd_store__logs_free(s);
     wd_store__journal_close(&s->journal);
     mdb_env_close(s->env);
+    close(s->lock_fd);
     free(s);
     return WD_ERR_NOMEM;
   }
@@ -659,6 +690,7 @@ void wd_store_close(wd_store_t *s) {
   pthread_cond_destroy(&s->wake);
   pthread_mutex_destroy(&s->logs_lock);
   pthread_mutex_destroy(&s->listeners_lock);
+  close(s->lock_fd);
   free(s);
 }
 

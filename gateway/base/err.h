@@ -17,6 +17,7 @@ typedef enum {
   WD_ERR_DISABLED = -11,  /* the device is disabled */
   WD_ERR_TOO_BIG = -13,   /* a message over the configured size */
   WD_ERR_BUSY = -12,      /* the store is nearly full: new work is refused until consumers drain it */
+  WD_ERR_IN_USE = -14,    /* the store is open in another process */
 } wd_err_t;
 
 /* A short, stable, human-readable name for an error code. */

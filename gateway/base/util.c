@@ -25,6 +25,7 @@ const char *wd_err_str(int rc) {
     case WD_ERR_DISABLED: return "device disabled";
     case WD_ERR_BUSY: return "store nearly full";
     case WD_ERR_TOO_BIG: return "message too large";
+    case WD_ERR_IN_USE: return "in use by another process";
     default: return rc > 0 ? "ok" : "unknown error";
   }
 }

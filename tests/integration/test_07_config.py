@@ -60,6 +60,15 @@ class BadConfigTest(WardenTestCase):
         self.assertNotEqual(rc, 0)
         self.assertIn("frobnicator", err)
 
+    def test_second_warden_on_the_same_store_refused(self):
+        gw = self.start_gateway()
+        dev, key = gw.create_device()
+        rc, err = self.run_warden(gw)  # the same config: the same [store] path, other ports (0)
+        self.assertNotEqual(rc, 0, "a second warden started on a store in use")
+        self.assertIn("another process", err)
+        gw.assert_alive()
+        self.send_telemetry(self.device_client(gw, dev, key), [telemetry_message(b"first one still serves")])
+
     def test_missing_config_file(self):
         gw = self.gateway()
         os.unlink(gw.config_path)

@@ -257,6 +257,19 @@ static void test_open_refuses_a_truncated_data_file_without_crashing(void **stat
   free(after);
 }
 
+static void test_a_store_open_in_another_process_is_refused(void **state) {
+  fx_t *fx = *state;
+  fx_open(fx);
+  /* A second open has its own lock file description, as another process would. */
+  wd_store_t *second = NULL;
+  assert_int_equal(wd_store_open(fx->path, FX_MAP_SIZE, &second), WD_ERR_IN_USE);
+  assert_null(second);
+  fx_append_text(fx, "still served");
+  fx_close(fx);
+  assert_int_equal(wd_store_open(fx->path, FX_MAP_SIZE, &second), WD_OK);
+  wd_store_close(second);
+}
+
 static void test_empty_directory_becomes_an_empty_store(void **state) {
   fx_t *fx = *state;
   assert_int_equal(mkdir(fx->path, 0700), 0);
@@ -532,6 +545,7 @@ int main(void) {
       T(test_open_refuses_a_truncated_data_file_without_crashing),
       T(test_open_accepts_a_data_file_that_ends_at_a_freed_page),
       T(test_empty_directory_becomes_an_empty_store),
+      T(test_a_store_open_in_another_process_is_refused),
       T(test_close_commits_what_was_submitted),
       T(test_writes_are_batched_into_few_commits),
       T(test_stats_report_size_facts),
