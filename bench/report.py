@@ -372,8 +372,9 @@ def doc(res_path, md_path):
                "(`warden-bench`, [bench/README.md](%s)) and the same load. Written by `bench/compare.sh` "
                "(and `bench/connections.sh` for the connection table) from [%s](%s); do not edit by hand.\n"
                % (rel(os.path.join(res_dir, "..", "README.md")), os.path.basename(res_path), rel(res_path)))
-    out.append("- **warden** %s, release build, `device_rate = 0`, LMDB store on ext4 (group commit: a message is "
-               "settled `accepted` once it is on disk);" % (v.get("warden") or "?"))
+    out.append("- **warden** %s, release build, `device_rate = 0`, LMDB store on ext4 (group commit, and an "
+               "`O_DIRECT` append journal for batches of up to 16 messages: a message is settled `accepted` once it "
+               "is on disk);" % (v.get("warden") or "?"))
     out.append("- **RabbitMQ** %s (Erlang %s) with `rabbitmq_amqp1_0`, one durable classic queue "
                "(`/queue/warden-compare`, terminus durability `configuration`), durable messages: settled after the "
                "publisher confirm;" % (v.get("rabbitmq-server") or "?", v.get("erlang-base") or "?"))
