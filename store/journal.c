@@ -194,10 +194,13 @@ static int meta_u64(wd_store_t *s, MDB_txn *txn, const char *key, uint64_t *out)
   return WD_OK;
 }
 
-/* True if `count` entries fill exactly `len` bytes. */
+/* True if `count` entries fill exactly `len` bytes, each with a number a log
+ * can have (records are numbered from 1, and one past the last must exist). */
 static bool entries_whole(const uint8_t *p, size_t len, uint32_t count) {
   for (uint32_t i = 0; i < count; i++) {
     if (len < ENTRY_HEADER_LEN) return false;
+    uint64_t seq = wd_store__be_u64(p + 4);
+    if (seq == 0 || seq == UINT64_MAX) return false;
     size_t n = wd_store__be_u32(p + 12);
     if (n > len - ENTRY_HEADER_LEN) return false;
     p += ENTRY_HEADER_LEN + n;

@@ -323,28 +323,33 @@ static int64_t commit_due_in(wd_store_t *s) {
   return by_age < by_idle ? by_age : by_idle;
 }
 
-static void run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
+/* Returns true if the batch went through the journal. */
+static bool run_batch(wd_store_t *s, wd_store__op_t *ops, size_t count) {
   int *rcs = calloc(count ? count : 1, sizeof *rcs);
   size_t entries_len;
+  bool journaled = false;
   if (!rcs) {
     complete_all(s, ops, count, NULL, WD_ERR_NOMEM);
-  } else if (journalable(s, ops, count, &entries_len)) {
+  } else if ((journaled = journalable(s, ops, count, &entries_len))) {
     run_journaled(s, ops, count, entries_len, rcs);
   } else {
     run_direct(s, ops, count, rcs);
   }
   free(rcs);
+  return journaled;
 }
 
 static void *writer_main(void *arg) {
   wd_store_t *s = arg;
   uint64_t seen = 0;
-  bool worked = false;
+  bool journaled = false;
   for (;;) {
-    /* Right after a batch, the next op of a client that waits for each
-     * answer is due within ~0.1 ms; waking from the condition variable would
-     * add as much again, so look for it first. */
-    for (int64_t until = worked ? wd_mono_us() + SPIN_US : 0;
+    /* Right after a journaled batch, the next append of a client that waits
+     * for each answer is due within ~0.1 ms; waking from the condition
+     * variable would add as much again, so look for it first. Only then:
+     * looking takes CPU from the threads that make the ops (a client doing
+     * work between store calls ran at half speed when every batch did it). */
+    for (int64_t until = journaled ? wd_mono_us() + SPIN_US : 0;
          atomic_load_explicit(&s->submitted, memory_order_relaxed) == seen && wd_mono_us() < until;)
       sched_yield();
     pthread_mutex_lock(&s->lock);
@@ -381,11 +386,11 @@ static void *writer_main(void *arg) {
     bool stop = s->stopping && !s->head;
     seen = atomic_load(&s->submitted);
     pthread_mutex_unlock(&s->lock);
-    worked = count > 0;
+    journaled = false;
 
     if (atomic_load(&s->sweeping) && wd_now_ms() >= s->next_expiry_ms) wd_store__sweep(s);
     if (count > 0)
-      run_batch(s, ops, count);
+      journaled = run_batch(s, ops, count);
     else if (s->open_txn && (stop || commit_due_in(s) <= 0))
       flush(s); /* group progress goes with it */
     else if (!s->open_txn && atomic_load(&s->logs_dirty))
