@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/wait.h>
+#include <zlib.h>
 
 #include <cmocka.h>
 
@@ -194,6 +195,79 @@ static void test_a_store_whose_journal_cannot_be_made_still_takes_appends(void *
   expect_records(fx, "no-journal", 3);
 }
 
+/* A big-endian value of 8 bytes stored under `key` in the meta table. */
+static uint64_t meta_u64(fx_t *fx, const char *key) {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
+  assert_int_equal(mdb_env_open(env, fx->path, MDB_RDONLY, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+  MDB_val k = {strlen(key), (void *)key}, v;
+  assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+  assert_int_equal(v.mv_size, 8);
+  uint64_t out = 0;
+  for (int i = 0; i < 8; i++) out = out << 8 | ((const uint8_t *)v.mv_data)[i];
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+  return out;
+}
+
+static void put_be(uint8_t *p, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* Writes, from the format alone, a whole record of the generation replay
+ * reads next: one entry numbered seq in the store's only log (id 1). */
+static void craft_record(fx_t *fx, uint64_t seq, const char *text) {
+  uint64_t store_id = meta_u64(fx, "journal_store_id"), gen = meta_u64(fx, "journal_applied") + 1;
+  size_t len = strlen(text), payload = 16 + len;
+  uint8_t rec[4096] = {0};
+  assert_true(32 + payload <= sizeof rec);
+  memcpy(rec, "WDJ1", 4);
+  put_be(rec + 8, store_id, 8);
+  put_be(rec + 16, gen, 8);
+  put_be(rec + 24, payload, 4);
+  put_be(rec + 28, 1, 4);
+  put_be(rec + 32, 1, 4);
+  put_be(rec + 36, seq, 8);
+  put_be(rec + 44, len, 4);
+  memcpy(rec + 48, text, len);
+  put_be(rec + 4, crc32(crc32(0, NULL, 0), rec + 8, (uInt)(24 + payload)), 4);
+  char path[400];
+  snprintf(path, sizeof path, "%s/journal", fx->path);
+  int fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, rec, sizeof rec, 0), (ssize_t)sizeof rec);
+  close(fd);
+}
+
+static void test_a_record_made_from_the_format_is_replayed_unless_its_number_cannot_be(void **state) {
+  fx_t *fx = *state;
+  fx_open(fx);
+  fx_append_text(fx, "reading 1 of the valve");
+  fx_close(fx);
+  /* The format as decision 6 describes it: such a record is taken. */
+  craft_record(fx, 2, "reading 2 of the valve");
+  fx_open(fx);
+  expect_records(fx, "crafted", 2);
+  fx_close(fx);
+  /* Numbers a log never has end the replay instead. */
+  const uint64_t impossible[] = {0, UINT64_MAX};
+  for (size_t i = 0; i < 2; i++) {
+    craft_record(fx, impossible[i], "reading 3 of the valve");
+    fx_open(fx);
+    expect_records(fx, i ? "impossible-max" : "impossible-0", 2);
+    uint64_t first, next;
+    wd_store_log_bounds(fx->log, &first, &next);
+    assert_int_equal(next, 3);
+    fx_close(fx);
+    assert_int_equal(records_in_lmdb(fx), 2);
+  }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
 
 int main(void) {
@@ -204,6 +278,7 @@ int main(void) {
       T(test_a_journal_of_another_store_is_ignored),
       T(test_bounds_count_an_acknowledged_append_before_readers_see_it),
       T(test_a_store_whose_journal_cannot_be_made_still_takes_appends),
+      T(test_a_record_made_from_the_format_is_replayed_unless_its_number_cannot_be),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
