@@ -31,7 +31,6 @@ typedef struct {
   uint64_t store_id;
   uint64_t gen;    /* generation being written; LMDB holds every record of the earlier ones */
   uint64_t offset; /* where the next record goes */
-  uint64_t size;
   bool pending; /* records of this generation were written: the open transaction holds them */
   uint8_t *buf; /* the record being built, block-aligned */
   size_t len, cap;

@@ -74,7 +74,6 @@ int wd_store__journal_open(wd_store__journal_t *j, const char *dir) {
   }
   close(fd);
   fd = -1;
-  j->size = JOURNAL_FILE_SIZE;
   j->fd = open(j->path, O_WRONLY | O_DIRECT | O_DSYNC | O_CLOEXEC);
   if (j->fd < 0 && errno == EINVAL) { /* tmpfs */
     wd_log("store", WD_LOG_INFO, "the file system of %s refuses O_DIRECT: journal writes go through the page cache",
@@ -109,7 +108,7 @@ void wd_store__journal_close(wd_store__journal_t *j) {
 }
 
 bool wd_store__journal_room(const wd_store__journal_t *j, size_t entries_len) {
-  return j->offset + round_up(HEADER_LEN + entries_len) <= j->size;
+  return j->offset + round_up(HEADER_LEN + entries_len) <= JOURNAL_FILE_SIZE;
 }
 
 void wd_store__journal_begin(wd_store__journal_t *j) {
@@ -142,7 +141,7 @@ int wd_store__journal_add(wd_store__journal_t *j, uint32_t log_id, uint64_t seq,
 
 int wd_store__journal_write(wd_store__journal_t *j) {
   size_t padded = round_up(j->len);
-  if (j->offset + padded > j->size) return WD_ERR_FULL;
+  if (j->offset + padded > JOURNAL_FILE_SIZE) return WD_ERR_FULL;
   if (padded > j->cap) return WD_ERR_NOMEM; /* cannot happen: cap is a multiple of BLOCK */
   uint8_t *h = j->buf;
   memcpy(h, magic, 4);

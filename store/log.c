@@ -253,26 +253,8 @@ static int touch(wd_store_t *s, wd_store_log_t *log) {
   return WD_OK;
 }
 
-int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *data, size_t len, size_t seq_offset) {
-  int rc = touch(s, log);
-  if (rc < 0) return rc;
-  uint64_t seq = log->next_seq;
-  if (seq_offset != SIZE_MAX) wd_store__u64_be((uint8_t *)data + seq_offset, seq);
-  uint8_t key[KEY_LEN];
-  record_key(key, log->id, seq);
-  MDB_val k = {KEY_LEN, key}, v = {len, data};
-  rc = mdb_put(txn, s->dbi_records, &k, &v, 0);
-  if (rc) return wd_store__map_rc(rc);
-  log->next_seq = seq + 1;
-  atomic_store(&s->logs_dirty, true); /* the log's next number is persisted with this commit */
-  if (s->journal_collecting) return wd_store__journal_add(&s->journal, log->id, seq, data, len);
-  return WD_OK;
-}
-
-int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len) {
-  wd_store_log_t *log = s->logs;
-  while (log && log->id != log_id) log = log->next_log;
-  if (!log || !log->persisted) return WD_ERR_CORRUPT; /* only appends to stored logs are journaled */
+/* Puts record `seq` of `log` in txn; the log's numbering goes on after it. */
+static int put_record(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, uint64_t seq, const void *data, size_t len) {
   int rc = touch(s, log);
   if (rc < 0) return rc;
   uint8_t key[KEY_LEN];
@@ -280,8 +262,23 @@ int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t 
   MDB_val k = {KEY_LEN, key}, v = {len, (void *)data};
   if ((rc = mdb_put(txn, s->dbi_records, &k, &v, 0))) return wd_store__map_rc(rc);
   if (seq >= log->next_seq) log->next_seq = seq + 1;
-  atomic_store(&s->logs_dirty, true);
+  atomic_store(&s->logs_dirty, true); /* the log's next number is persisted with this commit */
   return WD_OK;
+}
+
+int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *data, size_t len, size_t seq_offset) {
+  uint64_t seq = log->next_seq;
+  if (seq_offset != SIZE_MAX) wd_store__u64_be((uint8_t *)data + seq_offset, seq);
+  int rc = put_record(s, txn, log, seq, data, len);
+  if (rc == WD_OK && s->journal_collecting) rc = wd_store__journal_add(&s->journal, log->id, seq, data, len);
+  return rc;
+}
+
+int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len) {
+  wd_store_log_t *log = s->logs;
+  while (log && log->id != log_id) log = log->next_log;
+  if (!log || !log->persisted) return WD_ERR_CORRUPT; /* only appends to stored logs are journaled */
+  return put_record(s, txn, log, seq, data, len);
 }
 
 void wd_store__logs_rollback(wd_store_t *s) {
@@ -390,10 +387,9 @@ static void mark_persisted(wd_store_t *s) {
 }
 
 typedef struct {
-  wd_store__op_t base;
-  wd_store_log_t *log;
+  wd_store__op_t base; /* its appends_to and append_len are the log and the length */
   void *data;
-  size_t len, seq_offset;
+  size_t seq_offset;
   wd_store_done_fn done;
   void *ctx;
 } append_op_t;
@@ -401,8 +397,8 @@ typedef struct {
 static int apply_append(wd_store_t *s, MDB_txn *txn, wd_store__op_t *base) {
   append_op_t *op = (append_op_t *)base;
   /* Pages fill about half: count a record twice. */
-  if (!wd_store__append_room(s, 2 * op->len + 128)) return WD_ERR_BUSY;
-  return wd_store__log_put(s, txn, op->log, op->data, op->len, op->seq_offset);
+  if (!wd_store__append_room(s, 2 * base->append_len + 128)) return WD_ERR_BUSY;
+  return wd_store__log_put(s, txn, base->appends_to, op->data, base->append_len, op->seq_offset);
 }
 
 static void complete_append(wd_store_t *s, wd_store__op_t *base, int rc) {
@@ -419,9 +415,7 @@ int wd_store_log_append(wd_store_log_t *log, void *data, size_t len, size_t seq_
   append_op_t *op = malloc(sizeof *op);
   if (!op) return WD_ERR_NOMEM;
   *op = (append_op_t){.base = {.apply = apply_append, .complete = complete_append, .appends_to = log, .append_len = len},
-                      .log = log,
                       .data = data,
-                      .len = len,
                       .seq_offset = seq_offset,
                       .done = done,
                       .ctx = ctx};

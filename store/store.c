@@ -105,6 +105,11 @@ int wd_store__submit(wd_store_t *s, wd_store__op_t *op) {
 
 static void measure(wd_store_t *s);
 
+/* An op's error that leaves its transaction unusable (others are its own). */
+static bool spoils(int rc) {
+  return rc == WD_ERR_FULL || rc == WD_ERR_IO || rc == WD_ERR_CORRUPT || rc == WD_ERR_NOMEM;
+}
+
 /* After a transaction was aborted or failed to commit: its numbers are given
  * back, and the appends the journal acknowledged in it are put again. */
 static void discard(wd_store_t *s) {
@@ -186,7 +191,7 @@ static int apply_batch(wd_store_t *s, wd_store__op_t *ops, size_t count, int *rc
   wd_store__op_t *op = ops;
   for (size_t i = 0; i < count; i++, op = op->next) {
     rcs[i] = op->apply(s, txn, op);
-    if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT || rcs[i] == WD_ERR_NOMEM) {
+    if (spoils(rcs[i])) {
       mdb_txn_abort(txn);
       discard(s);
       return rcs[i];
@@ -296,8 +301,7 @@ static void run_journaled(wd_store_t *s, wd_store__op_t *ops, size_t count, size
   wd_store__op_t *op = ops;
   for (size_t i = 0; i < count && rc == WD_OK; i++, op = op->next) {
     rcs[i] = op->apply(s, s->open_txn, op);
-    if (rcs[i] == WD_ERR_FULL || rcs[i] == WD_ERR_IO || rcs[i] == WD_ERR_CORRUPT || rcs[i] == WD_ERR_NOMEM)
-      rc = rcs[i];
+    if (spoils(rcs[i])) rc = rcs[i];
   }
   s->journal_collecting = false;
   if (rc == WD_OK && s->journal.count > 0) rc = wd_store__journal_write(&s->journal);

@@ -32,7 +32,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out);
 
 /* Returns once every write submitted so far is committed: readers see it.
  * (An append is acknowledged as soon as it is durable, which for a small
- * batch is when the journal holds it; readers see it up to ~2 ms later.) */
+ * batch is when the journal holds it; readers see it up to ~1.35 ms later.) */
 void wd_store_sync(wd_store_t *s);
 
 /* Finishes every write submitted so far (their callbacks have run when it

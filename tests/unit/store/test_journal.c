@@ -52,21 +52,32 @@ static void crash_after_acknowledgement(fx_t *fx) {
   assert_int_equal(WEXITSTATUS(status), 0);
 }
 
-/* Records LMDB itself holds, read without warden's store (and its replay). */
-static size_t records_in_lmdb(fx_t *fx) {
+/* A read transaction on the store's LMDB itself, without warden's store (and its replay). */
+static MDB_txn *lmdb_read(fx_t *fx) {
   MDB_env *env;
   MDB_txn *txn;
-  MDB_dbi dbi;
-  MDB_stat st;
   assert_int_equal(mdb_env_create(&env), 0);
   assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
   assert_int_equal(mdb_env_set_mapsize(env, FX_MAP_SIZE), 0);
   assert_int_equal(mdb_env_open(env, fx->path, MDB_RDONLY, 0600), 0);
   assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-  assert_int_equal(mdb_dbi_open(txn, "records", 0, &dbi), 0);
-  assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+  return txn;
+}
+
+static void lmdb_done(MDB_txn *txn) {
+  MDB_env *env = mdb_txn_env(txn);
   mdb_txn_abort(txn);
   mdb_env_close(env);
+}
+
+/* Records LMDB itself holds. */
+static size_t records_in_lmdb(fx_t *fx) {
+  MDB_txn *txn = lmdb_read(fx);
+  MDB_dbi dbi;
+  MDB_stat st;
+  assert_int_equal(mdb_dbi_open(txn, "records", 0, &dbi), 0);
+  assert_int_equal(mdb_stat(txn, dbi, &st), 0);
+  lmdb_done(txn);
   return st.ms_entries;
 }
 
@@ -197,21 +208,15 @@ static void test_a_store_whose_journal_cannot_be_made_still_takes_appends(void *
 
 /* A big-endian value of 8 bytes stored under `key` in the meta table. */
 static uint64_t meta_u64(fx_t *fx, const char *key) {
-  MDB_env *env;
-  MDB_txn *txn;
+  MDB_txn *txn = lmdb_read(fx);
   MDB_dbi dbi;
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 32), 0);
-  assert_int_equal(mdb_env_open(env, fx->path, MDB_RDONLY, 0600), 0);
-  assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
   MDB_val k = {strlen(key), (void *)key}, v;
   assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
   assert_int_equal(v.mv_size, 8);
   uint64_t out = 0;
   for (int i = 0; i < 8; i++) out = out << 8 | ((const uint8_t *)v.mv_data)[i];
-  mdb_txn_abort(txn);
-  mdb_env_close(env);
+  lmdb_done(txn);
   return out;
 }
 
