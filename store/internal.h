@@ -126,7 +126,16 @@ bool wd_store__log_persisted(const wd_store_log_t *log);
 /* Puts a record the journal names, again: the log's numbering follows it. */
 int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len);
 
-/* The journal (journal.c). */
+/* The number the next replayed append to log_id must carry: one past the
+ * log's last record; 0 if no stored log has that id. Writer only. */
+uint64_t wd_store__log_replay_next(wd_store_t *s, uint32_t log_id);
+
+/* The journal (journal.c). Only batches of at most JOURNAL_MAX_OPS appends
+ * (JOURNAL_MAX_BYTES of entries) go through it: larger ones commit at once,
+ * where one commit is shared by many and a journal write would only add a
+ * flush. */
+#define JOURNAL_MAX_OPS 16
+#define JOURNAL_MAX_BYTES (256u << 10)
 int wd_store__journal_open(wd_store__journal_t *j, const char *dir);
 void wd_store__journal_close(wd_store__journal_t *j);
 /* Bytes an entry of data_len takes in a record. */

@@ -193,19 +193,29 @@ static int meta_u64(wd_store_t *s, MDB_txn *txn, const char *key, uint64_t *out)
   return WD_OK;
 }
 
-/* True if `count` entries fill exactly `len` bytes, each with a number a log
- * can have (records are numbered from 1, and one past the last must exist). */
-static bool entries_whole(const uint8_t *p, size_t len, uint32_t count) {
+/* Why a record whose checksum holds is still not one this store wrote for
+ * this replay; NULL if it is. The writer journals a batch of at most
+ * JOURNAL_MAX_OPS appends to stored logs, numbered on from each log's last
+ * record, so anything else (a gap, a number taken already, a log that is not
+ * there) would put a record where the store never acknowledged one. */
+static const char *record_invalid(wd_store_t *s, const uint8_t *entries, size_t len, uint32_t count) {
+  if (count == 0 || count > JOURNAL_MAX_OPS || len > JOURNAL_MAX_BYTES) return "more entries than a batch has";
+  const uint8_t *e = entries;
   for (uint32_t i = 0; i < count; i++) {
-    if (len < ENTRY_HEADER_LEN) return false;
-    uint64_t seq = wd_store__be_u64(p + 4);
-    if (seq == 0 || seq == UINT64_MAX) return false;
-    size_t n = wd_store__be_u32(p + 12);
-    if (n > len - ENTRY_HEADER_LEN) return false;
-    p += ENTRY_HEADER_LEN + n;
+    if (len < ENTRY_HEADER_LEN) return "its entries do not fill it";
+    uint32_t log_id = wd_store__be_u32(e);
+    size_t n = wd_store__be_u32(e + 12);
+    if (n > len - ENTRY_HEADER_LEN) return "its entries do not fill it";
+    uint64_t expected = wd_store__log_replay_next(s, log_id);
+    if (expected == 0) return "it names a log the store does not have";
+    for (const uint8_t *q = entries; q < e; q += ENTRY_HEADER_LEN + wd_store__be_u32(q + 12))
+      if (wd_store__be_u32(q) == log_id) expected++;
+    uint64_t seq = wd_store__be_u64(e + 4);
+    if (seq != expected || seq == UINT64_MAX) return "its numbers do not continue the log";
+    e += ENTRY_HEADER_LEN + n;
     len -= ENTRY_HEADER_LEN + n;
   }
-  return len == 0;
+  return len == 0 ? NULL : "its entries do not fill it";
 }
 
 /* Reads exactly n bytes at off; false at the end of the file or on an error. */
@@ -248,9 +258,14 @@ int wd_store__journal_replay(wd_store_t *s, MDB_txn *txn, uint64_t gen, size_t *
     rec = grown;
     memcpy(rec, h, HEADER_LEN);
     if (!read_at(fd, rec + HEADER_LEN, payload, off + HEADER_LEN) ||
-        wd_store__be_u32(h + 4) != (uint32_t)crc32(crc32(0, NULL, 0), rec + 8, (uInt)(HEADER_LEN - 8 + payload)) ||
-        !entries_whole(rec + HEADER_LEN, payload, count))
+        wd_store__be_u32(h + 4) != (uint32_t)crc32(crc32(0, NULL, 0), rec + 8, (uInt)(HEADER_LEN - 8 + payload)))
+      break; /* torn: its appends were never acknowledged */
+    const char *why = record_invalid(s, rec + HEADER_LEN, payload, count);
+    if (why) {
+      wd_log("store", WD_LOG_WARNING, "the journal's record at offset %zu is not replayed, nor any after it: %s", off,
+             why);
       break;
+    }
     const uint8_t *e = rec + HEADER_LEN;
     for (; count > 0 && rc == WD_OK; count--) {
       size_t n = wd_store__be_u32(e + 12);

@@ -274,6 +274,12 @@ int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *da
   return rc;
 }
 
+uint64_t wd_store__log_replay_next(wd_store_t *s, uint32_t log_id) {
+  wd_store_log_t *log = s->logs;
+  while (log && log->id != log_id) log = log->next_log;
+  return log && log->persisted ? log->next_seq : 0;
+}
+
 int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len) {
   wd_store_log_t *log = s->logs;
   while (log && log->id != log_id) log = log->next_log;

@@ -24,10 +24,6 @@
 #include "store/internal.h"
 
 #define MAX_OPS_PER_COMMIT 4096
-/* Larger batches commit at once: there one commit is shared by many, and a
- * journal write as well would only add a flush. */
-#define JOURNAL_MAX_OPS 16
-#define JOURNAL_MAX_BYTES (256u << 10)
 /* Journaled appends are committed (readers see them) once no append has come
  * for IDLE_COMMIT_US, and at the latest COMMIT_DELAY_US after the first. A
  * commit holds the writer ~0.35 ms; the round trip of a client that waits for

@@ -65,6 +65,12 @@ class CrashCyclesTest(WardenTestCase):
                 at = log.index(mark)
                 self.fail("sanitizer report in warden's log (start %d):\n%s"
                           % (gw.starts, log[max(0, at - 200):at + 3000]))
+        # A record a killed warden journaled is always one its successor takes: a refused one would be an
+        # acknowledged append dropped.
+        if "is not replayed" in log:
+            at = log.index("is not replayed")
+            self.fail("warden refused a journal record it wrote (start %d):\n%s"
+                      % (gw.starts, log[max(0, at - 300):at + 300]))
 
     # ------------------------------------------------------------------ one cycle
     def run_cycle(self, gw, cycle, devices, ledger):

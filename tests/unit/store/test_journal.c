@@ -225,8 +225,9 @@ static void put_be(uint8_t *p, uint64_t v, int bytes) {
 }
 
 /* Writes, from the format alone, a whole record of the generation replay
- * reads next: one entry numbered seq in the store's only log (id 1). */
-static void craft_record(fx_t *fx, uint64_t seq, const char *text) {
+ * reads next: one entry numbered seq in the log log_id (the store's only one
+ * is 1). */
+static void craft_record(fx_t *fx, uint32_t log_id, uint64_t seq, const char *text) {
   uint64_t store_id = meta_u64(fx, "journal_store_id"), gen = meta_u64(fx, "journal_applied") + 1;
   size_t len = strlen(text), payload = 16 + len;
   uint8_t rec[4096] = {0};
@@ -236,7 +237,7 @@ static void craft_record(fx_t *fx, uint64_t seq, const char *text) {
   put_be(rec + 16, gen, 8);
   put_be(rec + 24, payload, 4);
   put_be(rec + 28, 1, 4);
-  put_be(rec + 32, 1, 4);
+  put_be(rec + 32, log_id, 4);
   put_be(rec + 36, seq, 8);
   put_be(rec + 44, len, 4);
   memcpy(rec + 48, text, len);
@@ -255,14 +256,14 @@ static void test_a_record_made_from_the_format_is_replayed_unless_its_number_can
   fx_append_text(fx, "reading 1 of the valve");
   fx_close(fx);
   /* The format as decision 6 describes it: such a record is taken. */
-  craft_record(fx, 2, "reading 2 of the valve");
+  craft_record(fx, 1, 2, "reading 2 of the valve");
   fx_open(fx);
   expect_records(fx, "crafted", 2);
   fx_close(fx);
   /* Numbers a log never has end the replay instead. */
   const uint64_t impossible[] = {0, UINT64_MAX};
   for (size_t i = 0; i < 2; i++) {
-    craft_record(fx, impossible[i], "reading 3 of the valve");
+    craft_record(fx, 1, impossible[i], "reading 3 of the valve");
     fx_open(fx);
     expect_records(fx, i ? "impossible-max" : "impossible-0", 2);
     uint64_t first, next;
@@ -270,6 +271,32 @@ static void test_a_record_made_from_the_format_is_replayed_unless_its_number_can
     assert_int_equal(next, 3);
     fx_close(fx);
     assert_int_equal(records_in_lmdb(fx), 2);
+  }
+}
+
+/* A whole record that does not continue its log (a gap, a number already
+ * taken, a log the store lacks) was not written by this store's writer: it
+ * ends the replay, and the store opens with what it had. */
+static void test_a_record_that_does_not_continue_its_log_is_not_replayed(void **state) {
+  fx_t *fx = *state;
+  fx_open(fx);
+  fx_append_text(fx, "reading 1 of the valve");
+  fx_close(fx);
+  const struct {
+    uint32_t log_id;
+    uint64_t seq;
+  } forged[] = {{1, 3}, {1, 1}, {99, 2}};
+  for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+    craft_record(fx, forged[i].log_id, forged[i].seq, "forged");
+    fx_open(fx);
+    char group[32];
+    snprintf(group, sizeof group, "forged-%zu", i);
+    expect_records(fx, group, 1);
+    uint64_t first, next;
+    wd_store_log_bounds(fx->log, &first, &next);
+    assert_int_equal(next, 2);
+    fx_close(fx);
+    assert_int_equal(records_in_lmdb(fx), 1);
   }
 }
 
@@ -284,6 +311,7 @@ int main(void) {
       T(test_bounds_count_an_acknowledged_append_before_readers_see_it),
       T(test_a_store_whose_journal_cannot_be_made_still_takes_appends),
       T(test_a_record_made_from_the_format_is_replayed_unless_its_number_cannot_be),
+      T(test_a_record_that_does_not_continue_its_log_is_not_replayed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
