@@ -27,7 +27,7 @@ fuzz() {
   echo "=== fuzz: seeds"
   ctest --preset fuzz
   echo "=== fuzz: ${secs}s per target"
-  for t in fuzz_amqp fuzz_rest fuzz_sas fuzz_config fuzz_message fuzz_jwt; do
+  for t in fuzz_amqp fuzz_rest fuzz_sas fuzz_config fuzz_message fuzz_jwt fuzz_journal; do
     log=$work/$t.log
     rm -rf "${work:?}/$t"
     mkdir -p "$work/$t/corpus"

@@ -734,6 +734,34 @@ static void config_seeds(void) {
              "[gateway]\nhostname = a\n  continued\n# comment\n; another\n[amqp] ; trailing\ntls_listen = ; none\n");
 }
 
+/* ----------------------------------------------------------------- journal */
+
+/* fuzz_journal's records: flags, entry count, then per entry log, numbering, length, bytes. */
+#define J(name, ...)                                      \
+  do {                                                    \
+    static const uint8_t seed[] = {__VA_ARGS__};          \
+    write_seed("fuzz_journal", name, seed, sizeof seed);  \
+  } while (0)
+
+static void journal_seeds(void) {
+  J("one-append", 0, 1, 1, 0, 5, 'h', 'e', 'l', 'l', 'o');
+  J("two-logs-two-records", 0, 3, 1, 0, 2, 'a', 'b', 2, 0, 1, 'c', 1, 0, 0, 0, 1, 2, 0, 3, 'x', 'y', 'z');
+  J("gap-ends-replay", 0, 1, 1, 0, 1, 'a', 0, 1, 1, 1, 1, 'b', 0, 1, 1, 0, 1, 'c');
+  J("taken-number", 0, 1, 1, 2, 1, 'a');
+  J("first-number", 0, 1, 2, 5, 1, 'a');
+  J("numbers-no-log-has", 0, 2, 1, 3, 1, 'a', 1, 4, 1, 'b');
+  J("unknown-logs", 0, 1, 3, 0, 1, 'a', 0, 1, 0, 0, 1, 'b');
+  J("torn-then-whole", 8, 1, 1, 0, 1, 'a', 0, 1, 1, 0, 1, 'b');
+  J("every-frame-flaw", 0, 1, 1, 0, 1, 'a', 1, 1, 1, 0, 1, 'b', 2, 1, 1, 0, 1, 'c', 4, 1, 1, 0, 1, 'd', 16, 1, 1, 0,
+    1, 'e', 32, 1, 1, 0, 1, 'f');
+  J("sixteen-entries", 0, 16, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0,
+    1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0);
+  J("seventeen-entries", 0, 17, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0,
+    0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0);
+  J("no-entries", 0, 0, 0, 1, 1, 0, 1, 'a');
+}
+#undef J
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s <corpus directory, e.g. tests/fuzz/corpus>\n", argv[0]);
@@ -750,6 +778,7 @@ int main(int argc, char **argv) {
   rest_seeds();
   config_seeds();
   amqp_seeds();
+  journal_seeds();
   printf("wrote %d seeds under %s\n", n_written, root);
   return 0;
 }
