@@ -262,6 +262,42 @@ static inline void fx_append_text(fx_t *fx, const char *s) {
   if (rc != WD_OK) fail_msg("append of '%s': %s", s, wd_err_str(rc));
 }
 
+/* Forks. The child (0 returned) has the store open, as the test thread; the
+ * parent gets the child's pid and may not touch the store until it is gone. */
+static inline pid_t fx_fork_open(fx_t *fx) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    fx->test_thread = pthread_self();
+    fx_open(fx);
+  }
+  return pid;
+}
+
+/* Writes the text record i (from 1) of a test's log holds. */
+typedef void (*fx_text_fn)(char *buf, size_t cap, int i);
+
+/* Claims everything in the telemetry log for a new group and checks it is
+ * records 1..count, in order, each holding text(i). */
+static inline void fx_expect_texts(fx_t *fx, const char *group, int count, fx_text_fn text_of) {
+  wd_store_group_t *g = NULL;
+  assert_int_equal(wd_store_group_open(fx->log, group, &g), WD_OK);
+  wd_store_record_t *recs = calloc((size_t)count + 2, sizeof *recs);
+  assert_non_null(recs);
+  int n = fx_claim(g, recs, (size_t)count + 2); /* room for more than expected, to see them */
+  assert_int_equal(n, count);
+  char text[64];
+  for (int i = 0; i < n; i++) {
+    text_of(text, sizeof text, i + 1);
+    assert_int_equal(recs[i].seq, (uint64_t)i + 1);
+    assert_int_equal(recs[i].len, strlen(text));
+    assert_memory_equal(recs[i].data, text, recs[i].len);
+    free(recs[i].data);
+  }
+  free(recs);
+}
+
 static inline wd_device_t *fx_device(const char *id) {
   wd_device_t *d = wd_device_new();
   assert_non_null(d);

@@ -29,12 +29,8 @@ static void die_on_ack(void *ctx, int rc) {
 
 /* In a child: appends RECORDS + 1 records and dies acknowledging the last. */
 static void crash_after_acknowledgement(fx_t *fx) {
-  fflush(NULL);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
+  pid_t pid = fx_fork_open(fx);
   if (pid == 0) {
-    fx->test_thread = pthread_self();
-    fx_open(fx);
     char text[64];
     for (int i = 1; i <= RECORDS; i++) {
       record_text(text, sizeof text, i);
@@ -81,22 +77,7 @@ static size_t records_in_lmdb(fx_t *fx) {
   return st.ms_entries;
 }
 
-/* Claims everything in the telemetry log and checks it is records 1..count, in order. */
-static void expect_records(fx_t *fx, const char *group, int count) {
-  wd_store_group_t *g = NULL;
-  assert_int_equal(wd_store_group_open(fx->log, group, &g), WD_OK);
-  wd_store_record_t recs[RECORDS + 2];
-  int n = fx_claim(g, recs, RECORDS + 2);
-  assert_int_equal(n, count);
-  char text[64];
-  for (int i = 0; i < n; i++) {
-    record_text(text, sizeof text, i + 1);
-    assert_int_equal(recs[i].seq, (uint64_t)i + 1);
-    assert_int_equal(recs[i].len, strlen(text));
-    assert_memory_equal(recs[i].data, text, recs[i].len);
-    free(recs[i].data);
-  }
-}
+static void expect_records(fx_t *fx, const char *group, int count) { fx_expect_texts(fx, group, count, record_text); }
 
 static void test_an_acknowledged_append_survives_a_crash_before_its_commit(void **state) {
   fx_t *fx = *state;

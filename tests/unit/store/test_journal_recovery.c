@@ -62,22 +62,7 @@ static void append_journaled(fx_t *fx, int i) {
   assert_int_equal(after.journal_writes, before.journal_writes + 1);
 }
 
-/* Claims the whole log and checks it is records 1..count, in order. */
-static void expect_records(fx_t *fx, const char *group, int count) {
-  wd_store_group_t *g = NULL;
-  assert_int_equal(wd_store_group_open(fx->log, group, &g), WD_OK);
-  wd_store_record_t recs[16];
-  int n = fx_claim(g, recs, 16);
-  assert_int_equal(n, count);
-  char text[64];
-  for (int i = 0; i < n; i++) {
-    record_text(text, sizeof text, i + 1);
-    assert_int_equal(recs[i].seq, (uint64_t)i + 1);
-    assert_int_equal(recs[i].len, strlen(text));
-    assert_memory_equal(recs[i].data, text, recs[i].len);
-    free(recs[i].data);
-  }
-}
+static void expect_records(fx_t *fx, const char *group, int count) { fx_expect_texts(fx, group, count, record_text); }
 
 static void test_an_acknowledged_append_is_put_again_when_its_commit_fails(void **state) {
   fx_t *fx = *state;
@@ -118,12 +103,8 @@ static void test_acknowledged_appends_of_several_batches_are_all_put_again(void 
  * than number new appends over acknowledged ones; the next open applies them. */
 static void test_a_store_that_cannot_put_them_again_stops_and_the_next_open_does(void **state) {
   fx_t *fx = *state;
-  fflush(NULL);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
+  pid_t pid = fx_fork_open(fx);
   if (pid == 0) {
-    fx->test_thread = pthread_self();
-    fx_open(fx);
     for (int i = 1; i <= BEFORE; i++) append_numbered(fx, i);
     atomic_store(&commits_to_fail, 2);
     append_journaled(fx, BEFORE + 1);
