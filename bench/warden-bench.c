@@ -1218,7 +1218,15 @@ static long cp_next;      /* next connection to start (pass 1) or to close and r
 static long cp_pending;   /* started (pass 2: or closing), neither ready nor failed */
 static int64_t cp_phase_end;
 static long cp_rss0_server = -1, cp_rss0_client = -1;
-static long cp_rss_closed_server = -1; /* the settle time after every connection closed */
+static long cp_rss_closed_server = -1; /* once the server is quiet after every connection closed */
+/* After the last close: the server counts as quiet once it used under QUIET_CPU_S of CPU in a QUIET_WINDOW_NS
+ * window; its RSS is read the settle time after that (warden trims its heap once connections stop going), or at
+ * QUIET_MAX_NS after the last close if it never got quiet. */
+#define QUIET_WINDOW_NS 1000000000LL
+#define QUIET_CPU_S 0.02
+#define QUIET_MAX_NS 120000000000LL
+static int64_t cp_closed_at, cp_quiet_at, cp_cpu_sampled_at;
+static double cp_cpu_sampled = -1;
 static pn_ssl_domain_t *ssl_domain;
 static long src_addrs;    /* source addresses in use (1 = the kernel's choice) */
 static atomic_long src_counter;
@@ -1387,9 +1395,12 @@ static void cp_all_closed(void) {
     pthread_mutex_unlock(&cp_lock);
     return;
   }
-  /* What the server gives back once its connections are gone is measured after the same settle time. */
+  /* What the server gives back once its connections are gone is measured once it has finished closing them
+   * (a server may take seconds for thousands of TLS connections), after the same settle time. */
   cp_phase = CP_CLOSED;
-  cp_phase_end = now_ns() + (opt.server_pid ? opt.settle_ms * 1000000 : 0);
+  cp_closed_at = cp_cpu_sampled_at = now_ns();
+  cp_quiet_at = 0;
+  cp_cpu_sampled = opt.server_pid ? cpu_s(opt.server_pid) : -1;
   pthread_mutex_unlock(&cp_lock);
 }
 
@@ -1413,7 +1424,14 @@ static void cp_tick(void) {
     }
   }
   bool done_now = false;
-  if (cp_phase == CP_CLOSED && t >= cp_phase_end) {
+  if (cp_phase == CP_CLOSED && opt.server_pid && !cp_quiet_at && t - cp_cpu_sampled_at >= QUIET_WINDOW_NS) {
+    double cpu = cpu_s(opt.server_pid);
+    if (cpu < 0 || cp_cpu_sampled < 0 || cpu - cp_cpu_sampled < QUIET_CPU_S || t - cp_closed_at >= QUIET_MAX_NS)
+      cp_quiet_at = cp_cpu_sampled_at; /* quiet since the window began */
+    cp_cpu_sampled = cpu;
+    cp_cpu_sampled_at = t;
+  }
+  if (cp_phase == CP_CLOSED && (!opt.server_pid || (cp_quiet_at && t >= cp_quiet_at + opt.settle_ms * 1000000))) {
     cp_rss_closed_server = opt.server_pid ? rss_kb(opt.server_pid) : -1;
     cp_phase = CP_DONE;
     done_now = true;
@@ -2306,6 +2324,8 @@ static int report_connections(void) {
   json_num("server_rss_per_connection_kb", srv_per, false);
   json_num("client_rss_per_connection_kb", cli_per, false);
   json_kb("server_rss_after_close_kb", cp_rss_closed_server);
+  json_num("server_close_seconds", opt.server_pid && cp_quiet_at ? (double)(cp_quiet_at - cp_closed_at) / 1e9 : NAN,
+           false);
   if (opt.reconnect) {
     json_pass("reconnect_", q);
   } else {
@@ -2345,8 +2365,9 @@ static int report_connections(void) {
             c1);
   }
   if (cp_rss_closed_server >= 0 && cp_rss0_server >= 0)
-    fprintf(stderr, "; server RSS %+.1f MB from before the first connection once all closed",
-            (double)(cp_rss_closed_server - cp_rss0_server) / 1024.0);
+    fprintf(stderr, "; server RSS %+.1f MB from before the first connection once all closed (server busy %.1f s after "
+            "the last close)",
+            (double)(cp_rss_closed_server - cp_rss0_server) / 1024.0, (double)(cp_quiet_at - cp_closed_at) / 1e9);
   fprintf(stderr, "%s\n", atomic_load(&timed_out) ? " (TIMED OUT)" : "");
   return failed || atomic_load(&timed_out) || atomic_load(&conn_failures) || p->ready < n_conns ||
                  (opt.reconnect && q->ready < n_conns)
