@@ -82,7 +82,9 @@ static void append_text(wd_store_t *s, wd_store_log_t *log, const char *text) {
   wd_store_sync(s);
 }
 
-static void initial_text(char *buf, size_t cap, int log, int i) { snprintf(buf, cap, "%s record %d", log_names[log], i); }
+static void initial_text(char *buf, size_t cap, int log, int i) {
+  snprintf(buf, cap, "%s record %d", log_names[log], i);
+}
 
 static uint64_t meta_u64(MDB_txn *txn, MDB_dbi dbi, const char *key) {
   MDB_val k = {strlen(key), (void *)key}, v;
