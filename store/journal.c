@@ -199,7 +199,7 @@ static int meta_u64(wd_store_t *s, MDB_txn *txn, const char *key, uint64_t *out)
  * record, so anything else (a gap, a number taken already, a log that is not
  * there) would put a record where the store never acknowledged one. */
 static const char *record_invalid(wd_store_t *s, const uint8_t *entries, size_t len, uint32_t count) {
-  if (count == 0 || count > JOURNAL_MAX_OPS || len > JOURNAL_MAX_BYTES) return "more entries than a batch has";
+  if (count == 0 || count > JOURNAL_MAX_OPS || len > JOURNAL_MAX_BYTES) return "it has no entries, or more than a batch";
   const uint8_t *e = entries;
   for (uint32_t i = 0; i < count; i++) {
     if (len < ENTRY_HEADER_LEN) return "its entries do not fill it";

@@ -274,17 +274,21 @@ int wd_store__log_put(wd_store_t *s, MDB_txn *txn, wd_store_log_t *log, void *da
   return rc;
 }
 
-uint64_t wd_store__log_replay_next(wd_store_t *s, uint32_t log_id) {
+/* The stored log with that id, or NULL: only appends to stored logs are journaled. */
+static wd_store_log_t *stored_log(wd_store_t *s, uint32_t log_id) {
   wd_store_log_t *log = s->logs;
   while (log && log->id != log_id) log = log->next_log;
-  return log && log->persisted ? log->next_seq : 0;
+  return log && log->persisted ? log : NULL;
+}
+
+uint64_t wd_store__log_replay_next(wd_store_t *s, uint32_t log_id) {
+  wd_store_log_t *log = stored_log(s, log_id);
+  return log ? log->next_seq : 0;
 }
 
 int wd_store__log_replay(wd_store_t *s, MDB_txn *txn, uint32_t log_id, uint64_t seq, const void *data, size_t len) {
-  wd_store_log_t *log = s->logs;
-  while (log && log->id != log_id) log = log->next_log;
-  if (!log || !log->persisted) return WD_ERR_CORRUPT; /* only appends to stored logs are journaled */
-  return put_record(s, txn, log, seq, data, len);
+  wd_store_log_t *log = stored_log(s, log_id);
+  return log ? put_record(s, txn, log, seq, data, len) : WD_ERR_CORRUPT;
 }
 
 void wd_store__logs_rollback(wd_store_t *s) {
