@@ -9,11 +9,11 @@
  * with what follows it, at most COMMIT_DELAY_US later. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -530,6 +530,16 @@ static int check_short_file(MDB_env *env, const char *path) {
   return WD_OK;
 }
 
+/* Undoes a wd_store_open that got as far as allocating the store. */
+static int abandon_open(wd_store_t *s, int rc) {
+  wd_store__logs_free(s);
+  wd_store__journal_close(&s->journal);
+  mdb_env_close(s->env);
+  close(s->lock_fd);
+  free(s);
+  return rc;
+}
+
 int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   if (mkdir(path, 0700) != 0 && errno != EEXIST) {
     wd_log("store", WD_LOG_ERROR, "cannot create store directory %s: %s", path, strerror(errno));
@@ -561,6 +571,7 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     return WD_ERR_NOMEM;
   }
   s->lock_fd = lock_fd;
+  s->journal.fd = -1; /* not open yet: abandon_open may close it */
   s->map_size = max_size;
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->wake, NULL);
@@ -579,24 +590,15 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
     int err = wd_store__map_rc(rc);
     wd_log("store", WD_LOG_ERROR, "cannot open store at %s: %s (%s); the store was left untouched", path,
            mdb_strerror(rc), wd_err_str(err));
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    free(s);
-    return err;
+    return abandon_open(s, err);
   }
   int rc_short = check_short_file(s->env, path);
   if (rc_short < 0) {
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    free(s);
-    return rc_short;
+    return abandon_open(s, rc_short);
   }
   rc = wd_store__journal_open(&s->journal, path);
   if (rc < 0) {
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    free(s);
-    return rc;
+    return abandon_open(s, rc);
   }
   MDB_stat env_stat;
   s->page_size = mdb_env_stat(s->env, &env_stat) == MDB_SUCCESS ? env_stat.ms_psize : 4096;
@@ -607,21 +609,11 @@ int wd_store_open(const char *path, uint64_t max_size, wd_store_t **out) {
   if (rc < 0) {
     wd_log("store", WD_LOG_ERROR, "cannot read store at %s: %s; the store was left untouched", path,
            wd_err_str(rc));
-    wd_store__logs_free(s);
-    wd_store__journal_close(&s->journal);
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    free(s);
-    return rc;
+    return abandon_open(s, rc);
   }
   measure(s);
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-    wd_store__logs_free(s);
-    wd_store__journal_close(&s->journal);
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    free(s);
-    return WD_ERR_NOMEM;
+    return abandon_open(s, WD_ERR_NOMEM);
   }
   *out = s;
   return WD_OK;

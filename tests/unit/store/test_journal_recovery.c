@@ -64,12 +64,17 @@ static void append_journaled(fx_t *fx, int i) {
 
 static void expect_records(fx_t *fx, const char *group, int count) { fx_expect_texts(fx, group, count, record_text); }
 
+/* Commits records 1..BEFORE, then makes the next `failures` commits fail. */
+static void commit_then_fail(fx_t *fx, int failures) {
+  for (int i = 1; i <= BEFORE; i++) append_numbered(fx, i);
+  atomic_store(&commits_failed, 0);
+  atomic_store(&commits_to_fail, failures);
+}
+
 static void test_an_acknowledged_append_is_put_again_when_its_commit_fails(void **state) {
   fx_t *fx = *state;
   fx_open(fx);
-  for (int i = 1; i <= BEFORE; i++) append_numbered(fx, i);
-  atomic_store(&commits_failed, 0);
-  atomic_store(&commits_to_fail, 1);
+  commit_then_fail(fx, 1);
   append_journaled(fx, BEFORE + 1);
   wd_store_sync(fx->store); /* the commit due now fails; the recovery's own goes through */
   assert_int_equal(atomic_load(&commits_failed), 1);
@@ -84,9 +89,7 @@ static void test_an_acknowledged_append_is_put_again_when_its_commit_fails(void 
 static void test_acknowledged_appends_of_several_batches_are_all_put_again(void **state) {
   fx_t *fx = *state;
   fx_open(fx);
-  for (int i = 1; i <= BEFORE; i++) append_numbered(fx, i);
-  atomic_store(&commits_failed, 0);
-  atomic_store(&commits_to_fail, 1);
+  commit_then_fail(fx, 1);
   /* Acknowledged one after another, inside the same commit delay, they share
    * one transaction and one journal generation, or commit on their own if
    * the writer found the gap long enough; either way the failure hits a
@@ -105,8 +108,7 @@ static void test_a_store_that_cannot_put_them_again_stops_and_the_next_open_does
   fx_t *fx = *state;
   pid_t pid = fx_fork_open(fx);
   if (pid == 0) {
-    for (int i = 1; i <= BEFORE; i++) append_numbered(fx, i);
-    atomic_store(&commits_to_fail, 2);
+    commit_then_fail(fx, 2);
     append_journaled(fx, BEFORE + 1);
     wd_store_sync(fx->store); /* aborts */
     _exit(5);
