@@ -5,7 +5,6 @@
  * wd_conn_t (the connection's context) and is touched only inside its batches;
  * everything shared across connections is locked or atomic. */
 
-#include <openssl/ssl.h>
 #include <proton/condition.h>
 #include <proton/event.h>
 #include <proton/netaddr.h>
@@ -64,53 +63,6 @@ static int copy_config(wd_amqp_config_t *dst, const wd_amqp_config_t *src) {
   return WD_OK;
 }
 
-/* Server TLS: 1.2 and newer. With tls_ca, client certificates are requested
- * but optional (devices on PLAIN + SAS tokens share the listener) and verified
- * against that CA when sent. */
-static int make_ssl_domain(wd_amqp_t *a) {
-  const wd_amqp_config_t *cfg = &a->cfg;
-  pn_ssl_domain_t *d = pn_ssl_domain(PN_SSL_MODE_SERVER);
-  if (!d) return WD_ERR_NOMEM;
-  if (pn_ssl_domain_set_credentials(d, cfg->tls_cert, cfg->tls_key, NULL) != 0) {
-    wd_log("amqp", WD_LOG_ERROR, "cannot load TLS certificate %s with key %s", cfg->tls_cert, cfg->tls_key);
-    pn_ssl_domain_free(d);
-    return WD_ERR_INVALID;
-  }
-  pn_ssl_domain_set_protocols(d, "TLSv1.2 TLSv1.3");
-  /* Forward secrecy and AEAD only for TLS 1.2 (TLS 1.3's suites all are). */
-  const char *ciphers = cfg->tls_ciphers ? cfg->tls_ciphers : "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL";
-  if (pn_ssl_domain_set_ciphers(d, ciphers) != 0) {
-    wd_log("amqp", WD_LOG_ERROR, "[amqp] tls_ciphers: OpenSSL accepts none of '%s'", ciphers);
-    pn_ssl_domain_free(d);
-    return WD_ERR_INVALID;
-  }
-  /* Proton 0.37 keeps the SSL_CTX* as the first member of its domain and offers
-     no call for the session id context, which resumption needs once client
-     certificates are requested; nor for optional client certificates. */
-  SSL_CTX *ctx = *(SSL_CTX **)d;
-  if (cfg->tls_ca) {
-    if (pn_ssl_domain_set_trusted_ca_db(d, cfg->tls_ca) != 0 ||
-        pn_ssl_domain_set_peer_authentication(d, PN_SSL_VERIFY_PEER, cfg->tls_ca) != 0) {
-      wd_log("amqp", WD_LOG_ERROR, "cannot load TLS client CA %s", cfg->tls_ca);
-      pn_ssl_domain_free(d);
-      return WD_ERR_INVALID;
-    }
-    if (SSL_CTX_get_verify_mode(ctx) != (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT)) {
-      wd_log("amqp", WD_LOG_ERROR, "this Proton's TLS layout is not the one warden was built for");
-      pn_ssl_domain_free(d);
-      return WD_ERR_INVALID;
-    }
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, SSL_CTX_get_verify_callback(ctx));
-  }
-  SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"warden", 6);
-  SSL_CTX_set_num_tickets(ctx, 1);
-  /* An idle device connection should not pin OpenSSL's two record buffers
-     (~34 KiB): they are released whenever they run empty. */
-  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-  a->ssl_domain = d;
-  return WD_OK;
-}
-
 static void listen_on(wd_amqp_t *a, int i, const char *addr, bool tls) {
   pn_listener_t *l = pn_listener();
   pn_listener_set_context(l, &a->listener_tls[i]);
@@ -129,7 +81,7 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
   pthread_mutex_init(&a->waiters_lock, NULL);
   int rc = copy_config(&a->cfg, cfg);
   if (rc == WD_OK) rc = wd_amqp__conns_init(a);
-  if (rc == WD_OK && a->cfg.tls_listen) rc = make_ssl_domain(a);
+  if (rc == WD_OK && a->cfg.tls_listen) rc = wd_amqp__tls_init(a);
   if (rc == WD_OK && !(a->proactor = pn_proactor())) rc = WD_ERR_NOMEM;
   if (rc < 0) {
     wd_amqp_free(a);
@@ -188,7 +140,7 @@ void wd_amqp_free(wd_amqp_t *a) {
   if (!a) return;
   if (a->store) wd_store_remove_append_listener(a->store, wd_amqp__log_appended, a);
   if (a->proactor) pn_proactor_free(a->proactor);
-  if (a->ssl_domain) pn_ssl_domain_free(a->ssl_domain);
+  wd_amqp__tls_fini(a);
   if (a->by_id) wd_amqp__conns_fini(a);
   wd_amqp__waiters_fini(a);
   pthread_mutex_destroy(&a->waiters_lock);
@@ -483,10 +435,11 @@ static void abort_connection(wd_conn_t *c, void *arg, bool discard) {
 /* Counts the connection against its source address; an address over its
  * limit, or blocked for failed logins, is cut off before SASL starts. */
 static void on_connection_bound(wd_conn_t *c, pn_transport_t *t) {
-  const pn_netaddr_t *na = pn_transport_remote_addr(t);
+  const pn_netaddr_t *na = c->raw ? pn_raw_connection_remote_addr(c->raw) : pn_transport_remote_addr(t);
   char ip[64] = "?", port[16];
   if (!na || pn_netaddr_str(na, c->remote, sizeof c->remote) < 0) snprintf(c->remote, sizeof c->remote, "?");
   if (na) pn_netaddr_host_port(na, ip, sizeof ip, port, sizeof port);
+  wd_amqp__sasl_set_peer(t, ip, c->remote);
   int rc = wd_amqp__conn_bind(c, ip);
   /* A blocked address still gets a SASL refusal (credentials unread): a clear answer, and no oracle. */
   if (rc == WD_OK || rc == WD_ERR_DENIED) return;
@@ -508,16 +461,18 @@ static void top_up_job(wd_conn_t *c, void *arg, bool discard) {
 }
 
 /* What every accepted connection gets before its first byte. */
-static void setup_accepted(wd_amqp_t *a, wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t, bool tls) {
+wd_conn_t *wd_amqp__accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, pn_raw_connection_t *raw) {
+  wd_conn_t *c = wd_amqp__conn_new(a, pc, raw);
+  if (!c) return NULL;
   pn_connection_set_context(pc, c);
   pn_transport_set_server(t);
-  wd_amqp__sasl_install(a, t, tls);
-  if (tls) pn_ssl_init(pn_ssl(t), a->ssl_domain, NULL);
+  wd_amqp__sasl_install(a, t, raw != NULL);
   /* Until the peer's open says what it needs, only the longest time-out applies
      (the SASL deadline bounds the handshake); see on_connection_remote_open. */
   pn_transport_set_idle_timeout(t, a->cfg.max_idle_timeout_ms);
   if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
   if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
+  return c;
 }
 
 /* The first idle deadline after the open: dropped if nothing came since. */
@@ -544,22 +499,18 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
     *tls_flag = tls; /* unchanged; the listener opened */
     pthread_cond_broadcast(&a->listen_cond);
     pthread_mutex_unlock(&a->listen_lock);
+  } else if (pn_event_type(e) == PN_LISTENER_ACCEPT && tls) {
+    wd_amqp__tls_accept(a, l);
   } else if (pn_event_type(e) == PN_LISTENER_ACCEPT) {
     pn_connection_t *pc = pn_connection();
-    wd_conn_t *c = wd_amqp__conn_new(a, pc, tls);
     pn_transport_t *t = pn_transport();
-    if (!c || !t) {
+    if (!pc || !t || !wd_amqp__accept(a, pc, t, NULL)) {
       wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a connection");
-      if (c) { /* registered already: leave no dangling entry behind */
-        wd_amqp__conn_gone(c);
-        wd_amqp__conn_free(c);
-      }
       if (t) pn_transport_free(t);
       pn_listener_accept2(l, pc, NULL);
-      pn_connection_close(pc);
+      if (pc) pn_connection_close(pc);
       return;
     }
-    setup_accepted(a, c, pc, t, tls);
     pn_listener_accept2(l, pc, t);
   } else if (pn_event_type(e) == PN_LISTENER_CLOSE) {
     pn_condition_t *cond = pn_listener_condition(l);
@@ -577,8 +528,12 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
   }
 }
 
-/* Handles one event; returns false when this thread should stop. */
-static bool handle(wd_amqp_t *a, pn_event_t *e) {
+bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
+  pn_raw_connection_t *raw = pn_event_raw_connection(e);
+  if (raw) {
+    wd_amqp__tls_event(e, raw);
+    return true;
+  }
   pn_connection_t *pc = pn_event_connection(e);
   wd_conn_t *c = pc ? pn_connection_get_context(pc) : NULL;
   pn_listener_t *l = pn_event_listener(e);
@@ -667,6 +622,7 @@ static bool handle(wd_amqp_t *a, pn_event_t *e) {
         wd_amqp__post_unadmitted(a, wd_mono_ms(), abort_connection);
         wd_amqp__post_throttled(a, top_up_job);
         wd_amqp__post_idle_due(a, wd_mono_ms(), idle_check);
+        wd_amqp__wake_ticks_due(a, wd_mono_ms());
         pn_proactor_set_timeout(a->proactor, TICK_MS);
       }
       break;
@@ -684,7 +640,7 @@ void wd_amqp_run(wd_amqp_t *a) {
     pn_event_batch_t *batch = pn_proactor_wait(a->proactor);
     pn_event_t *e;
     bool stop = false;
-    while (!stop && (e = pn_event_batch_next(batch))) stop = !handle(a, e);
+    while (!stop && (e = pn_event_batch_next(batch))) stop = !wd_amqp__handle(a, e);
     pn_proactor_done(a->proactor, batch);
     if (stop) {
       /* Interrupts coalesce, so pass it on for the next thread - but only after
@@ -695,12 +651,8 @@ void wd_amqp_run(wd_amqp_t *a) {
   }
 }
 
-int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, bool tls) {
-  if (tls && !a->ssl_domain) return WD_ERR_INVALID;
-  wd_conn_t *c = wd_amqp__conn_new(a, pc, tls);
-  if (!c) return WD_ERR_NOMEM;
-  setup_accepted(a, c, pc, t, tls);
-  return WD_OK;
+int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t) {
+  return wd_amqp__accept(a, pc, t, NULL) ? WD_OK : WD_ERR_NOMEM;
 }
 
-void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e) { handle(a, e); }
+void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e) { wd_amqp__handle(a, e); }

@@ -2,7 +2,8 @@
  *
  * Other threads never keep a pn_connection_t*: they name a connection by id
  * (or a device by its id) and post a job. Posting appends to the connection's
- * job list and calls pn_connection_wake while conns_lock is held; the
+ * job list and wakes it (pn_connection_wake, or pn_raw_connection_wake for
+ * TLS) while conns_lock is held; the
  * connection is removed from the registry under the same lock on
  * PN_TRANSPORT_CLOSED, after which Proton frees it. So a wake can never reach
  * a freed connection. Wakes coalesce, so each PN_CONNECTION_WAKE runs every
@@ -49,12 +50,13 @@ void wd_amqp__conns_fini(wd_amqp_t *a) {
   pthread_mutex_destroy(&a->conns_lock);
 }
 
-wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls) {
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connection_t *raw) {
   wd_conn_t *c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->amqp = a;
   c->pn = pn;
-  c->tls = tls;
+  c->raw = raw;
+  c->tls = raw != NULL;
   atomic_store(&c->last_seen_ms, wd_now_ms());
   wd_metric_add(&wd_metrics.connections_accepted, 1);
   pthread_mutex_lock(&a->conns_lock);
@@ -103,7 +105,10 @@ static void post_locked(wd_conn_t *c, wd_job_fn fn, void *arg, wd_job_t *job) {
   else
     c->jobs_head = job;
   c->jobs_tail = job;
-  pn_connection_wake(c->pn);
+  if (c->raw)
+    pn_raw_connection_wake(c->raw);
+  else
+    pn_connection_wake(c->pn);
 }
 
 typedef struct {
@@ -468,6 +473,16 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
     c->idle_pprev = &a->idle_watch;
     a->idle_watch = c;
   }
+  pthread_mutex_unlock(&a->conns_lock);
+}
+
+void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
+  pthread_mutex_lock(&a->conns_lock);
+  for (size_t b = 0; b < N_BUCKETS; b++)
+    for (wd_conn_t *c = a->by_id[b]; c; c = c->by_id_next) {
+      int64_t due = c->raw ? atomic_load(&c->tick_due_ms) : 0;
+      if (due > 0 && due <= now) pn_raw_connection_wake(c->raw);
+    }
   pthread_mutex_unlock(&a->conns_lock);
 }
 

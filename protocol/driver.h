@@ -12,9 +12,9 @@
 
 #include "protocol/amqp.h"
 
-/* Sets up pc and t as an accepted connection would be (SASL, limits, TLS when
- * tls). Call before pn_connection_driver_init. Returns 0 or < 0. */
-int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, bool tls);
+/* Sets up pc and t as an accepted plain connection would be (SASL, limits).
+ * Call before pn_connection_driver_init. Returns 0 or < 0. */
+int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t);
 
 /* Handles one event of such a connection. */
 void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e);

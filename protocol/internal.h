@@ -8,8 +8,9 @@
 #include <proton/delivery.h>
 #include <proton/link.h>
 #include <proton/listener.h>
+#include <openssl/ssl.h>
 #include <proton/proactor.h>
-#include <proton/ssl.h>
+#include <proton/raw_connection.h>
 #include <proton/transport.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -57,6 +58,8 @@ struct wd_conn {
   uint64_t id;
   wd_amqp_t *amqp;
   pn_connection_t *pn; /* other threads use it only for pn_connection_wake, under conns_lock */
+  pn_raw_connection_t *raw; /* TLS: woken instead of pn (see tls.c); set before the connection is registered */
+  _Atomic int64_t tick_due_ms; /* TLS: when the engine's heartbeat or idle deadline next needs a tick; 0 none */
   bool tls;
   char remote[64];
   wd_identity_t who;
@@ -114,7 +117,8 @@ struct wd_amqp {
   pn_proactor_t *proactor;
   pn_listener_t *listeners[2];
   bool listener_tls[2];
-  pn_ssl_domain_t *ssl_domain;
+  SSL_CTX *ssl_ctx;       /* TLS listener only */
+  BIO_METHOD *bio_method;
 
   pthread_mutex_t listen_lock;
   pthread_cond_t listen_cond;
@@ -147,7 +151,8 @@ struct wd_amqp {
 /* connections.c */
 int wd_amqp__conns_init(wd_amqp_t *a);
 void wd_amqp__conns_fini(wd_amqp_t *a);
-wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, bool tls);
+/* raw: a TLS connection's raw connection, NULL for one the proactor runs. */
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connection_t *raw);
 /* Registers the device connection, closing (by post) any older one of the same device. */
 void wd_amqp__conn_index_device(wd_conn_t *c);
 void wd_amqp__conn_add_consumer(wd_conn_t *c);
@@ -185,6 +190,9 @@ void wd_amqp__conn_admitted(wd_conn_t *c);
  * forgets idle address entries. */
 void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
+/* Wakes every TLS connection whose tick_due_ms has come. */
+void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now_mono_ms);
+
 /* Watches c until deadline: wd_amqp__post_idle_due then posts fn to it once. */
 void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms);
 void wd_amqp__post_idle_due(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
@@ -202,6 +210,10 @@ void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *des
 
 /* sasl.c */
 void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls);
+/* The peer's address, for logs and per-address limits; call once bound. */
+void wd_amqp__sasl_set_peer(pn_transport_t *t, const char *ip, const char *remote);
+/* The SHA-256 thumbprint (lowercase hex) of the verified client certificate: offers EXTERNAL. */
+void wd_amqp__sasl_set_client_cert(pn_transport_t *t, const char *thumbprint);
 /* Copies the identity proven by SASL; false if none. */
 bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out);
 
@@ -259,6 +271,18 @@ void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *des
 void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a);
 
 /* amqp.c */
+/* Registers an accepted connection and sets up its transport (SASL, limits);
+ * raw for a TLS connection whose bytes tls.c decrypts. NULL when out of memory. */
+wd_conn_t *wd_amqp__accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, pn_raw_connection_t *raw);
+/* Handles one event of the proactor or of a TLS connection's engine. Returns false when this thread should stop. */
+bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e);
+
+/* tls.c */
+int wd_amqp__tls_init(wd_amqp_t *a);
+void wd_amqp__tls_fini(wd_amqp_t *a);
+void wd_amqp__tls_accept(wd_amqp_t *a, pn_listener_t *l);
+void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw);
+
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);
 

@@ -12,7 +12,6 @@
  * SASL through `decode`, which is where the frame guard reads it before
  * Proton's engine does (protocol/frame_guard.h). */
 
-#include <proton/netaddr.h>
 #include <proton/sasl.h>
 #include <proton/sasl_plugin.h>
 #include <stdio.h>
@@ -30,6 +29,9 @@ typedef struct {
   bool tried; /* a sasl-init was processed: one is all a connection gets */
   wd_identity_t who;
   wd_frame_guard_t guard;
+  char ip[64];     /* the peer's address without port, "?" until bound */
+  char remote[64]; /* with port, for logs */
+  char thumbprint[WD_THUMBPRINT_HEX + 1]; /* of a verified client certificate; "" when none */
 } sasl_ctx_t;
 
 static const char sas_prefix[] = "SharedAccessSignature ";
@@ -42,13 +44,14 @@ static void s_free(pn_transport_t *t) {
 }
 
 static bool plain_allowed(pn_transport_t *t, sasl_ctx_t *ctx) {
-  return pnx_sasl_is_transport_encrypted(t) || ctx->amqp->cfg.dev_mode;
+  (void)t;
+  return ctx->tls || ctx->amqp->cfg.dev_mode;
 }
 
 static const char *s_list_mechanisms(pn_transport_t *t) {
   sasl_ctx_t *ctx = pnx_sasl_get_context(t);
   if (!ctx) return "";
-  bool external = pnx_sasl_get_external_username(t) != NULL;
+  bool external = ctx->thumbprint[0] != '\0';
   bool plain = plain_allowed(t, ctx);
   if (external && plain) return "EXTERNAL PLAIN";
   if (external) return "EXTERNAL";
@@ -86,11 +89,6 @@ static void s_process_challenge(pn_transport_t *t, const pn_bytes_t *recv) {
   (void)recv;
 }
 
-static void remote_addr(pn_transport_t *t, char *buf, size_t cap) {
-  const pn_netaddr_t *na = pn_transport_remote_addr(t);
-  if (!na || pn_netaddr_str(na, buf, cap) < 0) snprintf(buf, cap, "?");
-}
-
 static bool s_can_encrypt(pn_transport_t *t) { return pnx_sasl_get_context(t) != NULL; }
 
 /* Only the size of the pieces encode and decode get; nothing is added to them. */
@@ -110,9 +108,7 @@ static ssize_t s_decode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
   const char *condition;
   const char *why = wd_frame_guard_feed(&ctx->guard, (const uint8_t *)in.start, in.size, &condition);
   if (why) {
-    char addr[64];
-    remote_addr(t, addr, sizeof addr);
-    wd_log("amqp", WD_LOG_WARNING, "closing the connection of '%s' from %s: %s", ctx->who.id, addr, why);
+    wd_log("amqp", WD_LOG_WARNING, "closing the connection of '%s' from %s: %s", ctx->who.id, ctx->remote, why);
     wd_metric_add(&wd_metrics.frames_refused, 1);
     pn_condition_t *c = pn_transport_condition(t);
     pn_condition_set_name(c, condition);
@@ -227,10 +223,7 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
   const char *why = "mechanism not offered";
   char user[WD_ID_MAX + 1] = "";
   bool ok = false;
-  char ip[64] = "?", port[16];
-  const pn_netaddr_t *na = pn_transport_remote_addr(t);
-  if (na) pn_netaddr_host_port(na, ip, sizeof ip, port, sizeof port);
-
+  const char *ip = ctx->ip;
   if (wd_amqp__addr_blocked(a, ip)) {
     /* Refused without looking at the credentials: guessing gains nothing. */
     why = "address blocked after repeated failed logins";
@@ -258,17 +251,12 @@ static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t
         free(password);
       }
     }
-  } else if (strcmp(mech, "EXTERNAL") == 0 && pnx_sasl_get_external_username(t)) {
-    char fp[WD_THUMBPRINT_HEX + 1];
-    why = "no client certificate";
-    if (pn_ssl_get_cert_fingerprint(pn_ssl(t), fp, sizeof fp, PN_SSL_SHA256) == 0) {
-      snprintf(user, sizeof user, "%s", fp);
-      ok = verify_thumbprint(a, fp, &who, &why);
-    }
+  } else if (strcmp(mech, "EXTERNAL") == 0 && ctx->thumbprint[0]) {
+    snprintf(user, sizeof user, "%s", ctx->thumbprint);
+    ok = verify_thumbprint(a, ctx->thumbprint, &who, &why);
   }
 
-  char addr[64];
-  remote_addr(t, addr, sizeof addr);
+  const char *addr = ctx->remote;
   if (ok) {
     who.authenticated = true;
     who.mech = strcmp(mech, "PLAIN") == 0 ? "PLAIN" : "EXTERNAL";
@@ -319,11 +307,25 @@ void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls) {
   if (ctx) {
     ctx->amqp = a;
     ctx->tls = tls;
+    snprintf(ctx->ip, sizeof ctx->ip, "?");
+    snprintf(ctx->remote, sizeof ctx->remote, "?");
     wd_frame_guard_init(&ctx->guard);
   }
   /* With no context every login fails in process_init's absence: refuse all. */
   pnx_sasl_set_implementation(t, &warden_sasl, ctx);
   pn_transport_require_auth(t, true);
+}
+
+void wd_amqp__sasl_set_peer(pn_transport_t *t, const char *ip, const char *remote) {
+  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  if (!ctx) return;
+  snprintf(ctx->ip, sizeof ctx->ip, "%s", ip);
+  snprintf(ctx->remote, sizeof ctx->remote, "%s", remote);
+}
+
+void wd_amqp__sasl_set_client_cert(pn_transport_t *t, const char *thumbprint) {
+  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
+  if (ctx) snprintf(ctx->thumbprint, sizeof ctx->thumbprint, "%s", thumbprint);
 }
 
 bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out) {

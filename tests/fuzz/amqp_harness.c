@@ -115,7 +115,7 @@ int fh_server_start(fh_server_t *s) {
   memset(s, 0, sizeof *s);
   pn_connection_t *pc = pn_connection();
   pn_transport_t *t = pn_transport();
-  if (!pc || !t || wd_amqp_driver_accept(H.amqp, pc, t, false) < 0) {
+  if (!pc || !t || wd_amqp_driver_accept(H.amqp, pc, t) < 0) {
     if (pc) pn_connection_free(pc);
     if (t) pn_transport_free(t);
     return WD_ERR_NOMEM;

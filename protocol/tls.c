@@ -1,0 +1,446 @@
+/* TLS connections: warden's own OpenSSL over a Proton raw connection, with
+ * Proton's AMQP engine driven through a pn_connection_driver.
+ *
+ * Why not Proton's TLS layer: per idle connection it holds a BIO pair (two
+ * 17 KiB rings), two 4 KiB application buffers and OpenSSL's record buffer,
+ * 40 KiB resident in all (docs/PERFORMANCE.md). Here OpenSSL reads straight
+ * from the bytes the raw connection read and writes into a buffer that exists
+ * only while there is something to send; an idle connection keeps the SSL
+ * object and one small read buffer.
+ *
+ * Everything of one connection runs in its raw connection's events, which
+ * Proton serializes: the engine's events go through the same handler as a
+ * plain connection's (wd_amqp__handle). Proton cannot time a raw connection,
+ * so the engine's heartbeat and idle deadline (pn_transport_tick) are kept in
+ * wd_conn_t.tick_due_ms, and the proactor's tick wakes the connections due. */
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <proton/connection_driver.h>
+#include <proton/raw_connection.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/base/log.h"
+#include "protocol/internal.h"
+
+/* A raw connection always holds one read buffer. An idle connection's stays
+   small; one that fills it gets a large one for its next read. */
+#define READ_SMALL 1024
+#define READ_LARGE (16 * 1024 + 512)
+/* Plaintext handed to SSL_write at once: one full record. */
+#define WRITE_CHUNK (16 * 1024)
+/* Ciphertext not yet written to the socket, past which the engine keeps what
+   it has to send: a peer that stops reading holds no more than this. */
+#define UNWRITTEN_MAX (256 * 1024)
+
+typedef struct {
+  wd_amqp_t *amqp;
+  pn_raw_connection_t *raw;
+  pn_connection_driver_t driver;
+  bool driver_ready;
+  SSL *ssl;
+  bool handshake_done;
+  bool tls_failed;      /* nothing more goes through OpenSSL */
+  bool shutdown_sent;   /* close_notify written */
+  const uint8_t *in;    /* ciphertext read, not yet taken by OpenSSL */
+  size_t in_len;
+  uint8_t *out;         /* ciphertext OpenSSL wrote, not yet handed to the raw connection */
+  size_t out_len, out_cap;
+  size_t unwritten;     /* ciphertext handed to the raw connection, not yet written */
+  uint8_t *rbuf;
+  size_t rbuf_cap;
+  bool rbuf_given;
+  bool raw_read_closed, raw_write_closed;
+} tls_conn_t;
+
+/* The BIO under every SSL: reads take the bytes of the current raw read,
+   writes collect into the connection's output buffer. */
+static int bio_read(BIO *b, char *buf, int len) {
+  tls_conn_t *w = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (w->in_len == 0) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  size_t n = w->in_len < (size_t)len ? w->in_len : (size_t)len;
+  memcpy(buf, w->in, n);
+  w->in += n;
+  w->in_len -= n;
+  return (int)n;
+}
+
+static int bio_write(BIO *b, const char *buf, int len) {
+  tls_conn_t *w = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (w->out_len + (size_t)len > w->out_cap) {
+    size_t cap = w->out_cap ? w->out_cap : 4096;
+    while (cap < w->out_len + (size_t)len) cap *= 2;
+    uint8_t *p = realloc(w->out, cap);
+    if (!p) return -1;
+    w->out = p;
+    w->out_cap = cap;
+  }
+  memcpy(w->out + w->out_len, buf, (size_t)len);
+  w->out_len += (size_t)len;
+  return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)b;
+  (void)num;
+  (void)ptr;
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+int wd_amqp__tls_init(wd_amqp_t *a) {
+  const wd_amqp_config_t *cfg = &a->cfg;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "warden");
+  if (!ctx || !m || !BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+      !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+    SSL_CTX_free(ctx);
+    BIO_meth_free(m);
+    return WD_ERR_NOMEM;
+  }
+  a->ssl_ctx = ctx;
+  a->bio_method = m;
+  if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+    wd_log("amqp", WD_LOG_ERROR, "cannot load TLS certificate %s with key %s", cfg->tls_cert, cfg->tls_key);
+    return WD_ERR_INVALID;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  /* Forward secrecy and AEAD only for TLS 1.2 (TLS 1.3's suites all are). */
+  const char *ciphers = cfg->tls_ciphers ? cfg->tls_ciphers : "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL";
+  if (SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+    wd_log("amqp", WD_LOG_ERROR, "[amqp] tls_ciphers: OpenSSL accepts none of '%s'", ciphers);
+    return WD_ERR_INVALID;
+  }
+  /* With tls_ca, client certificates are requested but optional (devices on
+     PLAIN + SAS tokens share the listener) and verified against it when sent. */
+  if (cfg->tls_ca) {
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_ca);
+    if (!names || SSL_CTX_load_verify_locations(ctx, cfg->tls_ca, NULL) != 1) {
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      wd_log("amqp", WD_LOG_ERROR, "cannot load TLS client CA %s", cfg->tls_ca);
+      return WD_ERR_INVALID;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  }
+  /* Resumption (a session id cache and one ticket per handshake) saves a
+     reconnecting device most of its handshake. */
+  SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"warden", 6);
+  SSL_CTX_set_num_tickets(ctx, 1);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+  /* OpenSSL's record buffers are given back whenever they run empty. */
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  ERR_clear_error();
+  return WD_OK;
+}
+
+void wd_amqp__tls_fini(wd_amqp_t *a) {
+  SSL_CTX_free(a->ssl_ctx);
+  BIO_meth_free(a->bio_method);
+  a->ssl_ctx = NULL;
+  a->bio_method = NULL;
+}
+
+static wd_conn_t *conn_of(tls_conn_t *w) {
+  return w->driver_ready ? pn_connection_get_context(w->driver.connection) : NULL;
+}
+
+static void tls_error(tls_conn_t *w, const char *what) {
+  unsigned long e = ERR_peek_last_error();
+  char reason[160];
+  ERR_error_string_n(e, reason, sizeof reason);
+  ERR_clear_error();
+  wd_conn_t *c = conn_of(w);
+  wd_log("amqp", WD_LOG_DEBUG, "[C%llu] TLS %s failed: %s", c ? (unsigned long long)c->id : 0ull, what,
+         e ? reason : "connection reset");
+  w->tls_failed = true;
+  w->in_len = 0;
+  if (!w->driver_ready) return;
+  pn_condition_t *cond = pn_transport_condition(w->driver.transport);
+  if (!pn_condition_is_set(cond)) {
+    pn_condition_set_name(cond, "amqp:connection:framing-error");
+    pn_condition_set_description(cond, "TLS failed");
+  }
+  pn_connection_driver_close(&w->driver);
+}
+
+/* The certificate a client sent (verified against tls_ca by OpenSSL) is what EXTERNAL authenticates. */
+static void handshake_done(tls_conn_t *w) {
+  w->handshake_done = true;
+  X509 *peer = SSL_get0_peer_certificate(w->ssl);
+  if (!peer || SSL_get_verify_result(w->ssl) != X509_V_OK) return;
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (X509_digest(peer, EVP_sha256(), md, &n) != 1 || n * 2 != WD_THUMBPRINT_HEX) return;
+  char hex[WD_THUMBPRINT_HEX + 1];
+  for (unsigned i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  wd_amqp__sasl_set_client_cert(w->driver.transport, hex);
+}
+
+/* Decrypts what was read into the engine. */
+static void feed(tls_conn_t *w, const uint8_t *bytes, size_t len) {
+  w->in = bytes;
+  w->in_len = len;
+  if (w->tls_failed) {
+    w->in_len = 0;
+    return;
+  }
+  if (!w->handshake_done) {
+    int r = SSL_do_handshake(w->ssl);
+    if (r == 1) {
+      handshake_done(w);
+    } else {
+      if (SSL_get_error(w->ssl, r) != SSL_ERROR_WANT_READ) tls_error(w, "handshake");
+      return;
+    }
+  }
+  /* Reading on with nothing left to read would set up a record buffer again
+     and keep it for the idle time that follows. */
+  while (w->in_len > 0 || SSL_has_pending(w->ssl)) {
+    pn_rwbytes_t room = pn_connection_driver_read_buffer(&w->driver);
+    if (room.size == 0) { /* the engine reads no more */
+      w->in_len = 0;
+      break;
+    }
+    int r = SSL_read(w->ssl, room.start, room.size < INT32_MAX ? (int)room.size : INT32_MAX);
+    if (r > 0) {
+      pn_connection_driver_read_done(&w->driver, (size_t)r);
+      continue;
+    }
+    int err = SSL_get_error(w->ssl, r);
+    if (err == SSL_ERROR_WANT_READ) break;
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      pn_connection_driver_read_close(&w->driver);
+      w->in_len = 0;
+      break;
+    }
+    tls_error(w, "read");
+    break;
+  }
+}
+
+/* Hands the ciphertext collected so far to the raw connection. */
+static void hand_out(tls_conn_t *w) {
+  if (w->out_len == 0 || w->raw_write_closed || pn_raw_connection_write_buffers_capacity(w->raw) == 0) return;
+  /* context keeps the length: Proton may move offset and size as it writes */
+  pn_raw_buffer_t b = {.context = w->out_len, .bytes = (char *)w->out, .capacity = (uint32_t)w->out_cap,
+                       .size = (uint32_t)w->out_len};
+  if (pn_raw_connection_write_buffers(w->raw, &b, 1) != 1) return;
+  w->unwritten += w->out_len;
+  w->out = NULL;
+  w->out_len = w->out_cap = 0;
+}
+
+/* Runs the engine's events, encrypts what it has to send, and closes the
+ * socket's halves once the engine has closed its own. */
+static void process(tls_conn_t *w) {
+  if (!w->driver_ready) return;
+  int64_t next_tick;
+  for (;;) {
+    /* Early is harmless: the engine sends a heartbeat or times out only when
+       due. The last tick, after everything was sent, dates the next heartbeat
+       from that output. */
+    next_tick = pn_transport_tick(w->driver.transport, wd_mono_ms());
+    pn_event_t *e;
+    while ((e = pn_connection_driver_next_event(&w->driver))) wd_amqp__handle(w->amqp, e);
+    if (!w->handshake_done || w->tls_failed) break;
+    hand_out(w);
+    if (w->unwritten + w->out_len >= UNWRITTEN_MAX) break;
+    pn_bytes_t pending = pn_connection_driver_write_buffer(&w->driver);
+    if (pending.size == 0) break;
+    int r = SSL_write(w->ssl, pending.start, pending.size < WRITE_CHUNK ? (int)pending.size : WRITE_CHUNK);
+    if (r <= 0) {
+      tls_error(w, "write");
+      continue; /* the close it caused has events of its own */
+    }
+    pn_connection_driver_write_done(&w->driver, (size_t)r);
+  }
+  wd_conn_t *c = conn_of(w);
+  if (c) atomic_store(&c->tick_due_ms, next_tick);
+
+  bool engine_done_writing = pn_connection_driver_write_closed(&w->driver) || w->tls_failed;
+  if (engine_done_writing && w->handshake_done && !w->tls_failed && !w->shutdown_sent) {
+    w->shutdown_sent = true;
+    SSL_shutdown(w->ssl); /* close_notify, so the peer knows nothing was cut off */
+    ERR_clear_error();
+  }
+  hand_out(w);
+  if (engine_done_writing && w->out_len == 0 && !w->raw_write_closed) {
+    w->raw_write_closed = true;
+    pn_raw_connection_write_close(w->raw);
+  }
+  if (pn_connection_driver_read_closed(&w->driver) && !w->raw_read_closed) {
+    w->raw_read_closed = true;
+    pn_raw_connection_read_close(w->raw);
+  }
+}
+
+static void give_read_buffer(tls_conn_t *w, size_t want) {
+  if (w->rbuf_given || w->raw_read_closed) return;
+  if (want != w->rbuf_cap) {
+    uint8_t *p = realloc(w->rbuf, want);
+    if (!p && !w->rbuf) return; /* no buffer: the connection reads nothing more and times out */
+    if (p) {
+      w->rbuf = p;
+      w->rbuf_cap = want;
+    }
+  }
+  pn_raw_buffer_t b = {.bytes = (char *)w->rbuf, .capacity = (uint32_t)w->rbuf_cap};
+  if (pn_raw_connection_give_read_buffers(w->raw, &b, 1) == 1) w->rbuf_given = true;
+}
+
+static void on_connected(wd_amqp_t *a, tls_conn_t *w) {
+  pn_connection_t *pc = pn_connection();
+  pn_transport_t *t = pn_transport();
+  w->ssl = SSL_new(a->ssl_ctx);
+  BIO *bio = BIO_new(a->bio_method);
+  if (!pc || !t || !w->ssl || !bio) {
+    wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a TLS connection");
+    if (pc) pn_connection_free(pc);
+    if (t) pn_transport_free(t);
+    BIO_free(bio);
+    pn_raw_connection_close(w->raw);
+    return;
+  }
+  BIO_set_data(bio, w);
+  SSL_set_bio(w->ssl, bio, bio);
+  SSL_set_accept_state(w->ssl);
+  wd_conn_t *c = wd_amqp__accept(a, pc, t, w->raw);
+  if (!c || pn_connection_driver_init(&w->driver, pc, t) != 0) { /* a failed init freed pc and t */
+    wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a TLS connection");
+    if (c) {
+      wd_amqp__conn_gone(c);
+      wd_amqp__conn_free(c);
+    } else {
+      pn_connection_free(pc);
+      pn_transport_free(t);
+    }
+    pn_raw_connection_close(w->raw);
+    return;
+  }
+  w->driver_ready = true;
+  give_read_buffer(w, READ_SMALL);
+  process(w);
+}
+
+static void on_read(tls_conn_t *w) {
+  pn_raw_buffer_t bufs[4];
+  size_t n;
+  bool filled = false;
+  while ((n = pn_raw_connection_take_read_buffers(w->raw, bufs, 4)) > 0) {
+    for (size_t i = 0; i < n; i++) {
+      w->rbuf_given = false;
+      filled = bufs[i].size == bufs[i].capacity;
+      if (w->driver_ready) feed(w, (const uint8_t *)bufs[i].bytes + bufs[i].offset, bufs[i].size);
+    }
+  }
+  process(w);
+  give_read_buffer(w, filled ? READ_LARGE : READ_SMALL);
+}
+
+static void on_written(tls_conn_t *w) {
+  pn_raw_buffer_t bufs[8];
+  size_t n;
+  while ((n = pn_raw_connection_take_written_buffers(w->raw, bufs, 8)) > 0)
+    for (size_t i = 0; i < n; i++) {
+      w->unwritten -= (size_t)bufs[i].context;
+      free(bufs[i].bytes);
+    }
+}
+
+/* Buffers the raw connection gives back unread are the connection's own read buffer. */
+static void take_back_buffers(tls_conn_t *w) {
+  on_written(w);
+  pn_raw_buffer_t bufs[4];
+  while (pn_raw_connection_take_read_buffers(w->raw, bufs, 4) > 0) w->rbuf_given = false;
+}
+
+static void on_disconnected(tls_conn_t *w) {
+  take_back_buffers(w);
+  if (w->driver_ready) {
+    pn_connection_driver_close(&w->driver);
+    pn_event_t *e;
+    while ((e = pn_connection_driver_next_event(&w->driver))) wd_amqp__handle(w->amqp, e);
+    pn_connection_driver_destroy(&w->driver);
+  }
+  SSL_free(w->ssl);
+  ERR_clear_error();
+  free(w->rbuf);
+  free(w->out);
+  free(w);
+}
+
+void wd_amqp__tls_accept(wd_amqp_t *a, pn_listener_t *l) {
+  tls_conn_t *w = calloc(1, sizeof *w);
+  pn_raw_connection_t *raw = pn_raw_connection();
+  if (!w || !raw) {
+    wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a TLS connection");
+    free(w);
+    if (raw) { /* accepted only to be closed: the listener must not leave the peer waiting */
+      pn_listener_raw_accept(l, raw);
+      pn_raw_connection_close(raw);
+    }
+    return;
+  }
+  w->amqp = a;
+  w->raw = raw;
+  pn_raw_connection_set_context(raw, w);
+  pn_listener_raw_accept(l, raw);
+}
+
+void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw) {
+  tls_conn_t *w = pn_raw_connection_get_context(raw);
+  if (!w) return;
+  switch (pn_event_type(e)) {
+    case PN_RAW_CONNECTION_CONNECTED:
+      on_connected(w->amqp, w);
+      break;
+    case PN_RAW_CONNECTION_NEED_READ_BUFFERS:
+      give_read_buffer(w, READ_SMALL);
+      break;
+    case PN_RAW_CONNECTION_READ:
+      on_read(w);
+      break;
+    case PN_RAW_CONNECTION_WRITTEN:
+      on_written(w);
+      process(w);
+      break;
+    case PN_RAW_CONNECTION_WAKE: {
+      wd_conn_t *c = conn_of(w);
+      if (c) wd_amqp__conn_run_jobs(c);
+      process(w);
+      break;
+    }
+    case PN_RAW_CONNECTION_CLOSED_READ:
+      w->raw_read_closed = true;
+      if (w->driver_ready) pn_connection_driver_read_close(&w->driver);
+      process(w);
+      break;
+    case PN_RAW_CONNECTION_CLOSED_WRITE:
+      w->raw_write_closed = true;
+      if (w->driver_ready) pn_connection_driver_write_close(&w->driver);
+      process(w);
+      break;
+    case PN_RAW_CONNECTION_DRAIN_BUFFERS:
+      take_back_buffers(w);
+      break;
+    case PN_RAW_CONNECTION_DISCONNECTED:
+      pn_raw_connection_set_context(raw, NULL);
+      on_disconnected(w);
+      break;
+    default: break;
+  }
+}
