@@ -426,7 +426,12 @@ void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw) {
     }
     case PN_RAW_CONNECTION_CLOSED_READ:
       w->raw_read_closed = true;
-      if (w->driver_ready) pn_connection_driver_read_close(&w->driver);
+      /* Before the handshake is done nothing the engine says can reach the
+         peer, and now the handshake never will be: no close frame to wait for. */
+      if (w->driver_ready && w->handshake_done)
+        pn_connection_driver_read_close(&w->driver);
+      else if (w->driver_ready)
+        pn_connection_driver_close(&w->driver);
       process(w);
       break;
     case PN_RAW_CONNECTION_CLOSED_WRITE:
