@@ -467,9 +467,11 @@ wd_conn_t *wd_amqp__accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t,
   pn_connection_set_context(pc, c);
   pn_transport_set_server(t);
   wd_amqp__sasl_install(a, t, raw != NULL);
-  /* Until the peer's open says what it needs, only the longest time-out applies
-     (the SASL deadline bounds the handshake); see on_connection_remote_open. */
-  pn_transport_set_idle_timeout(t, a->cfg.max_idle_timeout_ms);
+  /* No idle time-out until the peer's open says what it needs (the SASL
+     deadline bounds the handshake; see on_connection_remote_open). Not the
+     longest one meanwhile: the proactor's timer entry for a deadline stays
+     allocated until the deadline passes, even once the connection is gone,
+     and pins the heap page it sits in. */
   if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
   if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
   return c;

@@ -12,7 +12,8 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, RawAmqp, attach_frame, begin_frame,
-                            binary, described, metric_value, open_frame, sasl_init_plain, transfer_frame)
+                            binary, close_frame, described, metric_value, open_frame, sasl_init_plain,
+                            transfer_frame)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
@@ -211,6 +212,37 @@ class IdleTimeoutTest(WardenTestCase):
         c = self.device_client(self.gw, self.dev, self.key)
         c.pump(2.5)  # python-proton answers warden's idle time-out with empty frames
         self.send_telemetry(c, [Message(id="still-here", body=b"x")])
+
+
+class CloseWithoutHangingUpTest(WardenTestCase):
+    """A peer that closes its AMQP connection but keeps its socket open is let go at
+    once: it no longer counts as connected, and warden closes the socket."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway()
+
+    def connected(self, dev):
+        r = self.gw.rest("GET", "/v1/devices/" + dev)
+        self.assertEqual(r.status, 200, r)
+        return r.json["connected"]
+
+    def test_a_closed_connection_whose_socket_stays_open_is_gone(self):
+        dev, key = self.gw.create_device()
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.login(dev, sas_token(dev, key))
+        deadline = time.monotonic() + 3
+        while not self.connected(dev) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(self.connected(dev), "the device never showed as connected")
+        c.send(close_frame())
+        self.assertIsNotNone(c.wait_closed(5.0), "warden did not answer the close")
+        # our end of the socket stays open
+        deadline = time.monotonic() + 3
+        while self.connected(dev) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(self.connected(dev), "a device that closed its connection still shows as connected 3 s later")
 
 
 class WrongSaslTest(WardenTestCase):
