@@ -197,6 +197,8 @@ class Closed(Exception):
 class RawAmqp:
     """One TCP connection to warden's plain AMQP port, optionally from a chosen loopback address."""
 
+    CLEAN_END = "eof"  # how `ending` names the peer closing its end of the stream
+
     def __init__(self, port, source="127.0.0.1", host="127.0.0.1", timeout=5.0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -205,6 +207,7 @@ class RawAmqp:
         self.sock.connect((host, port))
         self.buf = b""
         self.eof = False
+        self.ending = None       # once eof: how the stream ended
         self.frames = []         # every frame read, in order
         self.close_condition = None
         self.peer_header = None
@@ -217,21 +220,26 @@ class RawAmqp:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise Closed(str(e))
 
+    def _ended(self, how):
+        self.eof, self.ending = True, how
+        return Closed(how)
+
+    def _recv(self):
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError as e:
+            raise self._ended("reset (%s)" % e)
+
     def _fill(self, deadline):
         if self.eof:
-            raise Closed("eof")
+            raise Closed(self.ending)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise socket.timeout("timed out")
         self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError as e:
-            self.eof = True
-            raise Closed(str(e))
+        chunk = self._recv()
         if not chunk:
-            self.eof = True
-            raise Closed("eof")
+            raise self._ended(self.CLEAN_END)
         self.buf += chunk
 
     def _take(self, n, deadline):

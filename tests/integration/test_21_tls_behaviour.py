@@ -32,7 +32,7 @@ import unittest
 from proton import ConnectionException, Endpoint, Message
 from proton.utils import BlockingConnection
 
-from limits_helpers import (AMQP_HEADER, CLOSE, OPEN, SASL_HEADER, SASL_MECHANISMS, SASL_OUTCOME, Closed, RawAmqp,
+from limits_helpers import (AMQP_HEADER, CLOSE, OPEN, SASL_HEADER, SASL_MECHANISMS, SASL_OUTCOME, RawAmqp,
                             close_frame, decode_frame_body, open_frame, sasl_init_plain)
 from warden_harness import (ACCEPTED, DEFAULT_SERVICES, REJECTED, AmqpClient, LinkRefused, TestPKI, WardenTestCase,
                             connect_error, new_id, sas_token, wait_until)
@@ -169,29 +169,18 @@ class TlsRaw(RawAmqp):
         except Exception:
             self.sock.close()
             raise
-        self.ending = None
 
-    def _fill(self, deadline):
-        if self.eof:
-            raise Closed(self.ending or "eof")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("timed out")
-        self.sock.settimeout(remaining)
+    CLEAN_END = "close_notify"  # with suppress_ragged_eofs off, a clean end is a TLS close_notify
+
+    def _recv(self):
         try:
-            chunk = self.sock.recv(65536)
+            return self.sock.recv(65536)
         except socket.timeout:
             raise
         except ssl.SSLError as e:
-            self.eof, self.ending = True, "abrupt (%s)" % e
-            raise Closed(self.ending)
+            raise self._ended("abrupt (%s)" % e)
         except (ConnectionResetError, BrokenPipeError) as e:
-            self.eof, self.ending = True, "reset (%s)" % e
-            raise Closed(self.ending)
-        if not chunk:
-            self.eof, self.ending = True, "close_notify"
-            raise Closed(self.ending)
-        self.buf += chunk
+            raise self._ended("reset (%s)" % e)
 
 
 class HeartbeatClient(AmqpClient):
