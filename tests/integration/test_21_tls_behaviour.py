@@ -471,8 +471,10 @@ class TlsTrafficTest(TlsCase):
         self.assertEqual(len(closes), 1, "no close frame from warden: %r" % c.frames[-3:])
         self.assertIsNone(closes[0].condition(), "warden answered a clean close with an error")
         self.assertEqual(c.ending, "close_notify", "the TLS session ended without a close_notify: %s" % c.ending)
-        c.close()  # warden keeps its end until ours closes
-        self.assertOpenBackTo(self.gw, before, 3.0, "a clean close at the byte level")
+        # our end stays open: the closed connection must not keep a slot, nor count as a connected device
+        after = self.assertOpenBackTo(self.gw, before, 3.0, "a clean close, the peer's socket still open")
+        self.assertEqual(after["device"], before["device"], "a device that closed still counts as connected")
+        c.close()
 
     def test_a_peer_that_vanishes_is_cleaned_up_at_once(self):
         """A device that goes away without a close (FIN, or RST) is gone from the gauges at once,
