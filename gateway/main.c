@@ -22,6 +22,7 @@
 #include "gateway/base/util.h"
 #include "gateway/cli.h"
 #include "gateway/config.h"
+#include "gateway/crypto_memory.h"
 #include "gateway/devcert.h"
 #include "http/http.h"
 #include "protocol/amqp.h"
@@ -343,6 +344,7 @@ out:
 }
 
 int main(int argc, char **argv) {
+  wd_crypto_memory_install();
   if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {
     printf("warden 0.1.0\n");
     return 0;

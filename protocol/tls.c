@@ -6,7 +6,9 @@
  * 40 KiB resident in all (docs/PERFORMANCE.md). Here OpenSSL reads straight
  * from the bytes the raw connection read and writes into a buffer that exists
  * only while there is something to send; an idle connection keeps the SSL
- * object and one small read buffer.
+ * object and one small read buffer. Its buffers come from OpenSSL's allocator,
+ * so that the large passing ones stay out of the malloc heap like OpenSSL's
+ * own (gateway/crypto_memory.c).
  *
  * Everything of one connection runs in its raw connection's events, which
  * Proton serializes: the engine's events go through the same handler as a
@@ -14,6 +16,7 @@
  * so the engine's heartbeat and idle deadline (pn_transport_tick) are kept in
  * wd_conn_t.tick_due_ms, and the proactor's tick wakes the connections due. */
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -78,7 +81,7 @@ static int bio_write(BIO *b, const char *buf, int len) {
   if (w->out_len + (size_t)len > w->out_cap) {
     size_t cap = w->out_cap ? w->out_cap : 4096;
     while (cap < w->out_len + (size_t)len) cap *= 2;
-    uint8_t *p = realloc(w->out, cap);
+    uint8_t *p = OPENSSL_realloc(w->out, cap);
     if (!p) return -1;
     w->out = p;
     w->out_cap = cap;
@@ -291,7 +294,7 @@ static void process(tls_conn_t *w) {
 static void give_read_buffer(tls_conn_t *w, size_t want) {
   if (w->rbuf_given || w->raw_read_closed) return;
   if (want != w->rbuf_cap) {
-    uint8_t *p = realloc(w->rbuf, want);
+    uint8_t *p = OPENSSL_realloc(w->rbuf, want);
     if (!p && !w->rbuf) return; /* no buffer: the connection reads nothing more and times out */
     if (p) {
       w->rbuf = p;
@@ -357,7 +360,7 @@ static void on_written(tls_conn_t *w) {
   while ((n = pn_raw_connection_take_written_buffers(w->raw, bufs, 8)) > 0)
     for (size_t i = 0; i < n; i++) {
       w->unwritten -= (size_t)bufs[i].context;
-      free(bufs[i].bytes);
+      OPENSSL_free(bufs[i].bytes);
     }
 }
 
@@ -378,8 +381,8 @@ static void on_disconnected(tls_conn_t *w) {
   }
   SSL_free(w->ssl);
   ERR_clear_error();
-  free(w->rbuf);
-  free(w->out);
+  OPENSSL_free(w->rbuf);
+  OPENSSL_free(w->out);
   free(w);
 }
 

@@ -1,0 +1,148 @@
+/* OpenSSL's large short-lived buffers, kept out of the malloc heap.
+ *
+ * A TLS handshake allocates ~60 KiB that it frees at its end (two 16.7 KiB
+ * record buffers, a handshake buffer BUF_MEM_grow sizes to 21.3 KiB, ...),
+ * interleaved with what the connection keeps. In the malloc heap the holes
+ * they leave are filled by small long-lived allocations, and their pages stay
+ * resident: 1 000 idle TLS connections opened one after another cost 51.1 kB
+ * each, 43.3 kB once every allocation of 8 KiB or more got pages of its own
+ * (glibc's mmap threshold, which would make every large allocation a syscall).
+ *
+ * Here OpenSSL's allocations of 4-24 KiB (and those of protocol/tls.c's
+ * buffers, which use OpenSSL's allocator) come from fixed 24 KiB blocks in a
+ * region of their own. A freed block goes back on a stack; past HOT free
+ * blocks its pages are given back (MADV_DONTNEED), so busy connections reuse
+ * resident blocks without a syscall and idle ones hold none. Everything else,
+ * and anything once the region is used up, goes to malloc as before. */
+
+#include "gateway/crypto_memory.h"
+
+#include <malloc.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define BLOCK (24 * 1024)
+#define POOLED_MIN (4 * 1024)
+#define REGION_BYTES ((size_t)256 << 20) /* address space only: pages exist while written */
+#define N_BLOCKS (REGION_BYTES / BLOCK)
+#define HOT 16
+
+static struct {
+  uint8_t *base;
+  pthread_mutex_t lock;
+  uint32_t *free_stack; /* indices of free blocks; the top HOT at most are resident */
+  size_t n_free;
+  size_t n_hot;   /* free blocks whose pages are still resident (at the top of the stack) */
+  size_t n_carved; /* blocks handed out at least once */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static bool in_pool(const void *p) {
+  return pool.base && (const uint8_t *)p >= pool.base && (const uint8_t *)p < pool.base + N_BLOCKS * BLOCK;
+}
+
+bool wd_crypto_memory_owns(const void *p) { return in_pool(p); }
+
+static void *block_take(void) {
+  void *p = NULL;
+  pthread_mutex_lock(&pool.lock);
+  if (pool.n_free > 0) {
+    p = pool.base + (size_t)pool.free_stack[--pool.n_free] * BLOCK;
+    if (pool.n_hot > 0) pool.n_hot--;
+  } else if (pool.n_carved < N_BLOCKS) {
+    p = pool.base + pool.n_carved++ * BLOCK;
+  }
+  pthread_mutex_unlock(&pool.lock);
+  return p;
+}
+
+static void block_give_back(void *p) {
+  uint32_t index = (uint32_t)(((uint8_t *)p - pool.base) / BLOCK);
+  pthread_mutex_lock(&pool.lock);
+  bool hot = pool.n_hot < HOT;
+  pthread_mutex_unlock(&pool.lock);
+  /* A cold block below the hot ones: its pages go now, outside the lock. */
+  if (!hot) madvise(p, BLOCK, MADV_DONTNEED);
+  pthread_mutex_lock(&pool.lock);
+  if (hot) {
+    pool.free_stack[pool.n_free++] = index;
+    pool.n_hot++;
+  } else {
+    /* Under the hot ones, so that they are taken first. */
+    memmove(pool.free_stack + (pool.n_free - pool.n_hot) + 1, pool.free_stack + (pool.n_free - pool.n_hot),
+            pool.n_hot * sizeof *pool.free_stack);
+    pool.free_stack[pool.n_free - pool.n_hot] = index;
+    pool.n_free++;
+  }
+  pthread_mutex_unlock(&pool.lock);
+}
+
+static void *crypto_malloc(size_t n, const char *file, int line) {
+  (void)file;
+  (void)line;
+  if (n >= POOLED_MIN && n <= BLOCK) {
+    void *p = block_take();
+    if (p) return p;
+  }
+  return malloc(n);
+}
+
+static void crypto_free(void *p, const char *file, int line) {
+  (void)file;
+  (void)line;
+  if (in_pool(p))
+    block_give_back(p);
+  else
+    free(p);
+}
+
+static void *crypto_realloc(void *p, size_t n, const char *file, int line) {
+  if (!p) return crypto_malloc(n, file, line);
+  if (n == 0) {
+    crypto_free(p, file, line);
+    return NULL;
+  }
+  if (in_pool(p)) {
+    if (n >= POOLED_MIN && n <= BLOCK) return p;
+    /* Grown past a block, or shrunk to what a long-lived small buffer is: to malloc. */
+    void *q = malloc(n);
+    if (!q) return NULL;
+    memcpy(q, p, n < BLOCK ? n : BLOCK);
+    block_give_back(p);
+    return q;
+  }
+  if (n >= POOLED_MIN && n <= BLOCK) {
+    void *q = block_take();
+    if (q) {
+      /* The old size is not known here; the block holds all that can have been in use. */
+      size_t old = malloc_usable_size(p);
+      memcpy(q, p, old < n ? old : n);
+      free(p);
+      return q;
+    }
+  }
+  return realloc(p, n);
+}
+
+bool wd_crypto_memory_install(void) {
+  if (pool.base) return false;
+  void *base = mmap(NULL, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  uint32_t *stack = malloc(N_BLOCKS * sizeof *stack);
+  if (base == MAP_FAILED || !stack) {
+    if (base != MAP_FAILED) munmap(base, REGION_BYTES);
+    free(stack);
+    return false;
+  }
+  pool.base = base;
+  pool.free_stack = stack;
+  /* Refused once OpenSSL has allocated anything: then all of it stays with malloc. */
+  if (CRYPTO_set_mem_functions(crypto_malloc, crypto_realloc, crypto_free)) return true;
+  pool.base = NULL;
+  pool.free_stack = NULL;
+  munmap(base, REGION_BYTES);
+  free(stack);
+  return false;
+}
