@@ -102,7 +102,7 @@ static void *churn(void *arg) {
   uint8_t *held[8] = {0};
   size_t sizes[8] = {0};
   unsigned r = seed;
-  for (int i = 0; i < 20000; i++) {
+  for (int i = 0; i < 8000; i++) {
     r = r * 1103515245u + 12345u;
     int slot = (int)(r >> 16) % 8;
     if (held[slot]) {
