@@ -34,10 +34,11 @@
 static struct {
   uint8_t *base;
   pthread_mutex_t lock;
-  uint32_t *free_stack; /* indices of free blocks; the top HOT at most are resident */
-  size_t n_free;
-  size_t n_hot;   /* free blocks whose pages are still resident (at the top of the stack) */
-  size_t n_carved; /* blocks handed out at least once */
+  uint32_t hot[HOT];   /* free blocks whose pages are resident, taken first */
+  size_t n_hot;
+  uint32_t *cold;      /* free blocks whose pages were given back */
+  size_t n_cold;
+  size_t n_carved;     /* blocks handed out at least once */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static bool in_pool(const void *p) {
@@ -47,36 +48,31 @@ static bool in_pool(const void *p) {
 bool wd_crypto_memory_owns(const void *p) { return in_pool(p); }
 
 static void *block_take(void) {
-  void *p = NULL;
+  size_t index = N_BLOCKS;
   pthread_mutex_lock(&pool.lock);
-  if (pool.n_free > 0) {
-    p = pool.base + (size_t)pool.free_stack[--pool.n_free] * BLOCK;
-    if (pool.n_hot > 0) pool.n_hot--;
-  } else if (pool.n_carved < N_BLOCKS) {
-    p = pool.base + pool.n_carved++ * BLOCK;
-  }
+  if (pool.n_hot > 0)
+    index = pool.hot[--pool.n_hot];
+  else if (pool.n_cold > 0)
+    index = pool.cold[--pool.n_cold];
+  else if (pool.n_carved < N_BLOCKS)
+    index = pool.n_carved++;
   pthread_mutex_unlock(&pool.lock);
-  return p;
+  return index < N_BLOCKS ? pool.base + index * BLOCK : NULL;
 }
 
 static void block_give_back(void *p) {
   uint32_t index = (uint32_t)(((uint8_t *)p - pool.base) / BLOCK);
   pthread_mutex_lock(&pool.lock);
-  bool hot = pool.n_hot < HOT;
-  pthread_mutex_unlock(&pool.lock);
-  /* A cold block below the hot ones: its pages go now, outside the lock. */
-  if (!hot) madvise(p, BLOCK, MADV_DONTNEED);
-  pthread_mutex_lock(&pool.lock);
-  if (hot) {
-    pool.free_stack[pool.n_free++] = index;
-    pool.n_hot++;
-  } else {
-    /* Under the hot ones, so that they are taken first. */
-    memmove(pool.free_stack + (pool.n_free - pool.n_hot) + 1, pool.free_stack + (pool.n_free - pool.n_hot),
-            pool.n_hot * sizeof *pool.free_stack);
-    pool.free_stack[pool.n_free - pool.n_hot] = index;
-    pool.n_free++;
+  if (pool.n_hot < HOT) {
+    pool.hot[pool.n_hot++] = index;
+    pthread_mutex_unlock(&pool.lock);
+    return;
   }
+  pthread_mutex_unlock(&pool.lock);
+  /* Its pages go before anyone can take it again. */
+  madvise(p, BLOCK, MADV_DONTNEED);
+  pthread_mutex_lock(&pool.lock);
+  pool.cold[pool.n_cold++] = index;
   pthread_mutex_unlock(&pool.lock);
 }
 
@@ -130,19 +126,19 @@ static void *crypto_realloc(void *p, size_t n, const char *file, int line) {
 bool wd_crypto_memory_install(void) {
   if (pool.base) return false;
   void *base = mmap(NULL, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  uint32_t *stack = malloc(N_BLOCKS * sizeof *stack);
-  if (base == MAP_FAILED || !stack) {
+  uint32_t *cold = malloc(N_BLOCKS * sizeof *cold);
+  if (base == MAP_FAILED || !cold) {
     if (base != MAP_FAILED) munmap(base, REGION_BYTES);
-    free(stack);
+    free(cold);
     return false;
   }
   pool.base = base;
-  pool.free_stack = stack;
+  pool.cold = cold;
   /* Refused once OpenSSL has allocated anything: then all of it stays with malloc. */
   if (CRYPTO_set_mem_functions(crypto_malloc, crypto_realloc, crypto_free)) return true;
   pool.base = NULL;
-  pool.free_stack = NULL;
+  pool.cold = NULL;
   munmap(base, REGION_BYTES);
-  free(stack);
+  free(cold);
   return false;
 }

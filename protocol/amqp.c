@@ -401,7 +401,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
   c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
   atomic_fetch_add(c->gauge, 1);
   wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
-         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
+         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->raw ? "TLS" : "plain", c->who.mech);
 }
 
 static void on_transport_closed(wd_conn_t *c) {

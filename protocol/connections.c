@@ -56,7 +56,6 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connectio
   c->amqp = a;
   c->pn = pn;
   c->raw = raw;
-  c->tls = raw != NULL;
   atomic_store(&c->last_seen_ms, wd_now_ms());
   wd_metric_add(&wd_metrics.connections_accepted, 1);
   pthread_mutex_lock(&a->conns_lock);

@@ -60,7 +60,6 @@ struct wd_conn {
   pn_connection_t *pn; /* other threads use it only for pn_connection_wake, under conns_lock */
   pn_raw_connection_t *raw; /* TLS: woken instead of pn (see tls.c); set before the connection is registered */
   _Atomic int64_t tick_due_ms; /* TLS: when the engine's heartbeat or idle deadline next needs a tick; 0 none */
-  bool tls;
   char remote[64];
   wd_identity_t who;
   _Atomic int64_t last_seen_ms;

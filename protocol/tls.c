@@ -251,12 +251,9 @@ static void hand_out(tls_conn_t *w) {
  * socket's halves once the engine has closed its own. */
 static void process(tls_conn_t *w) {
   if (!w->driver_ready) return;
-  int64_t next_tick;
+  /* Early is harmless: the engine sends a heartbeat or times out only when due. */
+  pn_transport_tick(w->driver.transport, wd_mono_ms());
   for (;;) {
-    /* Early is harmless: the engine sends a heartbeat or times out only when
-       due. The last tick, after everything was sent, dates the next heartbeat
-       from that output. */
-    next_tick = pn_transport_tick(w->driver.transport, wd_mono_ms());
     pn_event_t *e;
     while ((e = pn_connection_driver_next_event(&w->driver))) wd_amqp__handle(w->amqp, e);
     if (!w->handshake_done || w->tls_failed) break;
@@ -271,6 +268,8 @@ static void process(tls_conn_t *w) {
     }
     pn_connection_driver_write_done(&w->driver, (size_t)r);
   }
+  /* Ticked again after everything was sent: the next heartbeat dates from that output. */
+  int64_t next_tick = pn_transport_tick(w->driver.transport, wd_mono_ms());
   wd_conn_t *c = conn_of(w);
   if (c) atomic_store(&c->tick_due_ms, next_tick);
 
@@ -305,7 +304,8 @@ static void give_read_buffer(tls_conn_t *w, size_t want) {
   if (pn_raw_connection_give_read_buffers(w->raw, &b, 1) == 1) w->rbuf_given = true;
 }
 
-static void on_connected(wd_amqp_t *a, tls_conn_t *w) {
+static void on_connected(tls_conn_t *w) {
+  wd_amqp_t *a = w->amqp;
   pn_connection_t *pc = pn_connection();
   pn_transport_t *t = pn_transport();
   w->ssl = SSL_new(a->ssl_ctx);
@@ -409,7 +409,7 @@ void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw) {
   if (!w) return;
   switch (pn_event_type(e)) {
     case PN_RAW_CONNECTION_CONNECTED:
-      on_connected(w->amqp, w);
+      on_connected(w);
       break;
     case PN_RAW_CONNECTION_NEED_READ_BUFFERS:
       give_read_buffer(w, READ_SMALL);

@@ -21,7 +21,6 @@ and warden_connections_accepted_total - warden_connections_closed_total (every s
 
 import hashlib
 import os
-import re
 import socket
 import ssl
 import struct
@@ -33,7 +32,7 @@ from proton import ConnectionException, Endpoint, Message
 from proton.utils import BlockingConnection
 
 from limits_helpers import (AMQP_HEADER, CLOSE, OPEN, SASL_HEADER, SASL_MECHANISMS, SASL_OUTCOME, RawAmqp,
-                            close_frame, decode_frame_body, open_frame, sasl_init_plain)
+                            close_frame, decode_frame_body, metric_value, open_frame, sasl_init_plain)
 from warden_harness import (ACCEPTED, DEFAULT_SERVICES, REJECTED, AmqpClient, LinkRefused, TestPKI, WardenTestCase,
                             connect_error, new_id, sas_token, wait_until)
 
@@ -59,10 +58,10 @@ def metrics(gw):
     text = r.body.decode("utf-8", "replace")
 
     def val(name):
-        m = re.search(r"^%s\s+(\S+)\s*$" % re.escape(name), text, re.M)
-        if not m:
+        v = metric_value(text, name)
+        if v is None:
             raise AssertionError("%s missing from /metrics" % name)
-        return float(m.group(1))
+        return v
 
     out = {"accepted": val("warden_connections_accepted_total"), "closed": val("warden_connections_closed_total"),
            "device": val('warden_connections{kind="device"}'), "service": val('warden_connections{kind="service"}')}
