@@ -64,6 +64,12 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connectio
   size_t b = hash_u64(c->id);
   c->by_id_next = a->by_id[b];
   a->by_id[b] = c;
+  if (raw) {
+    c->tls_next = a->tls_conns;
+    if (c->tls_next) c->tls_next->tls_pprev = &c->tls_next;
+    c->tls_pprev = &a->tls_conns;
+    a->tls_conns = c;
+  }
   a->n_conns++;
   pthread_mutex_unlock(&a->conns_lock);
   return c;
@@ -181,6 +187,11 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
   wd_conn_t **pp = &a->by_id[hash_u64(c->id)];
   while (*pp && *pp != c) pp = &(*pp)->by_id_next;
   if (*pp) *pp = c->by_id_next;
+  if (c->tls_pprev) {
+    *c->tls_pprev = c->tls_next;
+    if (c->tls_next) c->tls_next->tls_pprev = c->tls_pprev;
+    c->tls_pprev = NULL;
+  }
   unlink_device_locked(c);
   if (c->in_consumer_list) {
     pp = &a->consumers;
@@ -477,11 +488,10 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
 
 void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
   pthread_mutex_lock(&a->conns_lock);
-  for (size_t b = 0; b < N_BUCKETS; b++)
-    for (wd_conn_t *c = a->by_id[b]; c; c = c->by_id_next) {
-      int64_t due = c->raw ? atomic_load(&c->tick_due_ms) : 0;
-      if (due > 0 && due <= now) pn_raw_connection_wake(c->raw);
-    }
+  for (wd_conn_t *c = a->tls_conns; c; c = c->tls_next) {
+    int64_t due = atomic_load(&c->tick_due_ms);
+    if (due > 0 && due <= now) pn_raw_connection_wake(c->raw);
+  }
   pthread_mutex_unlock(&a->conns_lock);
 }
 

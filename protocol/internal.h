@@ -77,6 +77,8 @@ struct wd_conn {
   wd_job_t *jobs_head, *jobs_tail;
   bool gone;                  /* transport closed: posts run discarded */
   wd_conn_t *by_id_next;      /* hash chain by id */
+  wd_conn_t *tls_next;        /* list of TLS connections, whose engine ticks warden drives */
+  wd_conn_t **tls_pprev;
   wd_conn_t *by_device_next;  /* hash chain by device id, when is_device and registered */
   bool in_device_index;
   wd_conn_t *consumer_next;   /* list of connections that read telemetry */
@@ -137,6 +139,7 @@ struct wd_amqp {
   wd_conn_t *closing;
   wd_conn_t *throttled;
   wd_conn_t *idle_watch;
+  wd_conn_t *tls_conns; /* the 1 s tick scans these, not every connection */
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
