@@ -21,6 +21,7 @@ and warden_connections_accepted_total - warden_connections_closed_total (every s
 
 import hashlib
 import os
+import random
 import socket
 import ssl
 import struct
@@ -45,6 +46,7 @@ BIG_TELEMETRY = 512 * 1024          # crosses many TLS records and 64 KiB AMQP f
 BIG_COMMAND = 200 * 1024
 VOLUME = 5000
 IN_FLIGHT = 100
+HOSTILE_SECONDS = 8
 
 
 # --------------------------------------------------------------------------
@@ -75,11 +77,14 @@ def quiet_metrics(gw, timeout=5.0):
     return m or metrics(gw)
 
 
-def client_hello():
-    """A real TLS ClientHello, as Python's OpenSSL writes it for localhost."""
+def client_hello(tls12=False):
+    """A real TLS ClientHello, as Python's OpenSSL writes it for localhost (offering TLS 1.2 at most
+    with tls12)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
     try:
@@ -494,6 +499,132 @@ class TlsTrafficTest(TlsCase):
         self.assertEqual(self.gw.rest("GET", "/v1/devices/" + dev).json.get("connected"), False)
         self.assertServing(self.gw)
 
+
+    def test_hostile_tls_traffic_leaves_warden_serving(self):
+        """Four clients, for HOSTILE_SECONDS, each connection one of: a mutated ClientHello, a
+        handshake then random bytes (after a protocol header, or a login), a handshake then raw
+        records that are not TLS, half a ClientHello then a reset. Many end in a reset. warden
+        must stay up (under the sanitizers too), cut off at once a connection whose record fails
+        to authenticate, let every socket go, and serve a device after.
+        The run is seeded (WARDEN_IT_SEED) so that a failure can be replayed."""
+        seed = int(os.environ.get("WARDEN_IT_SEED", "2026"))
+        dev, key = self.gw.create_device()
+        port, ca = self.gw.ports["amqps"], self.gw.server_ca
+        hellos = [client_hello(), client_hello(tls12=True)]
+        login = SASL_HEADER + sasl_init_plain(dev, sas_token(dev, key)) + AMQP_HEADER + open_frame("hostile")
+        before = quiet_metrics(self.gw)
+        stop = time.time() + HOSTILE_SECONDS
+        done, errors = [0], []
+
+        def tcp():
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+        def tls():
+            ctx = ssl.create_default_context(cafile=ca)
+            return ctx.wrap_socket(tcp(), server_hostname="localhost")
+
+        def finish(sock, rng, must_close=None):
+            """Reads until warden ends the stream (at most 0.3 s, or 3 s when warden must close it:
+            must_close names why), or resets the connection instead."""
+            if rng.random() < 0.3 and not must_close:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                sock.settimeout(3.0 if must_close else 0.3)
+                try:
+                    while sock.recv(65536):
+                        pass
+                except socket.timeout:
+                    if must_close:
+                        errors.append("warden kept the connection open after %s" % must_close)
+                except (OSError, ssl.SSLError):
+                    pass
+            sock.close()
+
+        def mutated_hello(rng):
+            b = bytearray(rng.choice(hellos))
+            for _ in range(rng.randint(1, 12)):
+                at = rng.randrange(len(b))
+                op = rng.randrange(4)
+                if op == 0:
+                    b[at] = rng.randrange(256)
+                elif op == 1:
+                    del b[at:]
+                elif op == 2:
+                    b[at:at] = rng.randbytes(rng.randint(1, 64))
+                elif len(b) > 5:
+                    struct.pack_into(">H", b, 3, rng.randrange(65536))  # the record length
+                if not b:
+                    b = bytearray(b"\x16")
+            sock = tcp()
+            sock.sendall(bytes(b))
+            finish(sock, rng)
+
+        def random_plaintext(rng):
+            sock = tls()
+            head = rng.choice([b"", AMQP_HEADER, SASL_HEADER, login])
+            sock.sendall(head + rng.randbytes(rng.randint(0, 3000)))
+            finish(sock, rng)
+
+        def login_then_frames(rng):
+            sock = tls()
+            sock.sendall(login)
+            frames = b""
+            for _ in range(rng.randint(1, 20)):
+                body = rng.randbytes(rng.randint(0, 200))
+                if rng.random() < 0.6:  # a described performative, so the engine gets further
+                    body = b"\x00\x53" + bytes([rng.randrange(0x10, 0x19)]) + body
+                frames += struct.pack(">IBBH", 8 + len(body), 2, 0, rng.randrange(4)) + body
+            sock.sendall(frames)
+            finish(sock, rng)
+
+        def records_not_tls(rng):
+            sock = tls()
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            if rng.random() < 0.5:  # a whole application-data record that cannot authenticate
+                body = rng.randbytes(rng.randint(17, 2000))
+                record, must_close = b"\x17\x03\x03" + struct.pack(">H", len(body)) + body, "a forged record"
+            else:  # any header, any length, any bytes
+                header = bytes([rng.choice([20, 21, 22, 23, 24])]) + b"\x03\x03" + struct.pack(">H", rng.randint(0, 17000))
+                record, must_close = header + rng.randbytes(rng.randint(0, 2000)), None
+            try:
+                raw.sendall(record)
+                # read beneath TLS: an alert alone is not the end of the connection
+                finish(raw, rng, must_close)
+            finally:
+                raw.close()
+                sock.close()
+
+        def half_hello_then_reset(rng):
+            sock = tcp()
+            hello = rng.choice(hellos)
+            sock.sendall(hello[:rng.randrange(1, len(hello))])
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        kinds = [mutated_hello, random_plaintext, login_then_frames, records_not_tls, half_hello_then_reset]
+
+        def client(n):
+            rng = random.Random(seed * 10 + n)
+            while time.time() < stop and not errors:
+                try:
+                    rng.choice(kinds)(rng)
+                except (OSError, ssl.SSLError):
+                    pass  # warden cut it off: expected
+                except Exception as e:  # a bug in the test itself
+                    errors.append(repr(e))
+                done[0] += 1
+                if not self.gw.alive():
+                    errors.append("warden exited")
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(HOSTILE_SECONDS + 30)
+        self.assertEqual(errors, [], "seed %d, after %d connections" % (seed, done[0]))
+        self.assertGreater(done[0], 100, "too few hostile connections to mean anything")
+        self.assertOpenBackTo(self.gw, before, 10.0, "seed %d: %d hostile connections" % (seed, done[0]))
+        self.assertServing(self.gw)
 
 # --------------------------------------------------------------------------
 # 4. deadlines: warden's idle time-out and the handshake/SASL deadline over TLS, on a
