@@ -437,8 +437,9 @@ static void on_marked(void *ctx, int rc) {
 void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
   if (!lc || !lc->egress_ready || lc->closed || c->closing) return;
-  /* Credit not yet matched by a send in flight. */
-  int credit = pn_link_credit(link) - lc->marking;
+  /* Credit not yet matched by a send in flight. A peer's link-credit past
+     INT_MAX reaches here negative: in 64 bits that cannot overflow. */
+  int64_t credit = (int64_t)pn_link_credit(link) - lc->marking;
   if (credit <= 0) return;
   wd_store_queued_t *msgs = NULL;
   int n = wd_store_queue_read(c->amqp->store, c->who.id, lc->inflight, lc->n_inflight, (size_t)credit, wd_now_ms(),

@@ -58,6 +58,16 @@ void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   /* A nearly full store grants devices no new credit: nothing is dropped, they wait. */
   if (lc->log && wd_store_under_pressure(a->store)) return;
   int credit = pn_link_credit(link);
+  if (credit < 0) {
+    /* warden never takes credit back, so only a peer that sent past its
+       credit, or moved its delivery-count past it in a flow, gets here. */
+    pn_condition_t *cond = pn_link_condition(link);
+    pn_condition_set_name(cond, "amqp:link:transfer-limit-exceeded");
+    pn_condition_set_description(cond, "the sender went past the credit it was given");
+    pn_link_close(link);
+    lc->closed = true;
+    return;
+  }
   int outstanding = credit + lc->pending_commits;
   if (outstanding >= WD_CREDIT_WINDOW / 2) return;
   /* A device over its rate gets no credit: it waits, nothing is dropped. */

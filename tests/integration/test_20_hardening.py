@@ -12,7 +12,7 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, RawAmqp, attach_frame, begin_frame,
-                            binary, close_frame, described, metric_value, open_frame, sasl_init_plain,
+                            binary, close_frame, described, flow_frame, metric_value, open_frame, sasl_init_plain,
                             transfer_frame)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
@@ -320,9 +320,22 @@ class FrameGuardTest(WardenTestCase):
         self.assertEqual(c.send_message(0, 0, 1, b"the next one"), ACCEPTED_STATE)
         self.gw.assert_alive()
 
-
-if __name__ == "__main__":
-    unittest.main()
+    def test_a_sender_that_moves_its_delivery_count_past_its_credit_loses_the_link(self):
+        """A sender advances delivery-count only by sending, or by draining its credit; one that
+        claims to be billions ahead has taken credit it was never given. warden never takes
+        credit back, so this can only be the peer's doing: the link ends with
+        transfer-limit-exceeded (found by fuzz_amqp: the credit arithmetic overflowed)."""
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.login(self.dev, sas_token(self.dev, self.key))
+        c.begin(0)
+        _, credit, _ = c.attach_sender(0, 0, "telemetry")
+        self.assertGreater(credit, 0)
+        c.send(flow_frame(0, 0, 0, delivery_count=0x7FFFFFFF))
+        c.send(transfer_frame(0, 0, 0, described(DATA_SECTION, binary(b"on credit it took")), raw=True))
+        detach = c.expect_detach(0, 0)
+        self.assertEqual(detach.condition()[0] if detach.condition() else None, "amqp:link:transfer-limit-exceeded")
+        self.assert_still_serving()
 
 
 class DescriptorExhaustionTest(WardenTestCase):
@@ -361,3 +374,7 @@ class DescriptorExhaustionTest(WardenTestCase):
         self.addCleanup(c.close)
         sender = c.sender("telemetry")
         self.assertEqual(sender.send(telemetry_message(b"after exhaustion", msg_id=new_id("m"))), ACCEPTED)
+
+
+if __name__ == "__main__":
+    unittest.main()
