@@ -533,7 +533,7 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
 bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
   pn_raw_connection_t *raw = pn_event_raw_connection(e);
   if (raw) {
-    wd_amqp__tls_event(e, raw);
+    wd_amqp__tls_event(pn_event_type(e), raw);
     return true;
   }
   pn_connection_t *pc = pn_event_connection(e);
@@ -658,3 +658,19 @@ int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t) 
 }
 
 void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e) { wd_amqp__handle(a, e); }
+
+int wd_amqp_driver_tls_init(wd_amqp_t *a, const char *cert_file, const char *key_file) {
+  free((char *)a->cfg.tls_cert);
+  free((char *)a->cfg.tls_key);
+  a->cfg.tls_cert = strdup(cert_file);
+  a->cfg.tls_key = strdup(key_file);
+  if (!a->cfg.tls_cert || !a->cfg.tls_key) return WD_ERR_NOMEM;
+  wd_amqp__tls_fini(a);
+  return wd_amqp__tls_init(a);
+}
+
+void wd_amqp_driver_tls_accept(wd_amqp_t *a) { wd_amqp__tls_accept(a, NULL); }
+
+void wd_amqp_driver_tls_event(pn_raw_connection_t *raw, pn_event_type_t type) { wd_amqp__tls_event(type, raw); }
+
+size_t wd_amqp_driver_connections(wd_amqp_t *a) { return wd_amqp__conn_count(a); }

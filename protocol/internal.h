@@ -283,7 +283,7 @@ bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e);
 int wd_amqp__tls_init(wd_amqp_t *a);
 void wd_amqp__tls_fini(wd_amqp_t *a);
 void wd_amqp__tls_accept(wd_amqp_t *a, pn_listener_t *l);
-void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw);
+void wd_amqp__tls_event(pn_event_type_t type, pn_raw_connection_t *raw);
 
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);

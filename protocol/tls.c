@@ -404,10 +404,10 @@ void wd_amqp__tls_accept(wd_amqp_t *a, pn_listener_t *l) {
   pn_listener_raw_accept(l, raw);
 }
 
-void wd_amqp__tls_event(pn_event_t *e, pn_raw_connection_t *raw) {
+void wd_amqp__tls_event(pn_event_type_t type, pn_raw_connection_t *raw) {
   tls_conn_t *w = pn_raw_connection_get_context(raw);
   if (!w) return;
-  switch (pn_event_type(e)) {
+  switch (type) {
     case PN_RAW_CONNECTION_CONNECTED:
       on_connected(w);
       break;

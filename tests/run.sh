@@ -22,7 +22,7 @@ fuzz_one() {
               -artifact_prefix="$work/$t/")
   [ -f "tests/fuzz/$t.dict" ] && opts+=(-dict="tests/fuzz/$t.dict")
   local lsan=""
-  [ "$t" = fuzz_amqp ] && lsan=suppressions=$PWD/tests/fuzz/lsan.supp # a Proton leak, see there
+  case $t in fuzz_amqp|fuzz_tls) lsan=suppressions=$PWD/tests/fuzz/lsan.supp ;; esac # a Proton leak, see there
   if LSAN_OPTIONS=$lsan "$bin/$t" "${opts[@]}" "$work/$t/corpus" "tests/fuzz/corpus/$t" >"$work/$t.log" 2>&1; then
     touch "$work/$t.ok"
   fi
@@ -43,7 +43,7 @@ fuzz() {
   echo "=== fuzz: seeds"
   ctest --preset fuzz
   echo "=== fuzz: ${secs}s per target, $cpus at a time"
-  local targets=(fuzz_amqp fuzz_rest fuzz_sas fuzz_config fuzz_message fuzz_jwt fuzz_journal)
+  local targets=(fuzz_amqp fuzz_tls fuzz_rest fuzz_sas fuzz_config fuzz_message fuzz_jwt fuzz_journal)
   for t in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$cpus" ]; do wait -n || true; done
     fuzz_one "$t" "$secs" "$bin" "$work" &

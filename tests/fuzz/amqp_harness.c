@@ -101,7 +101,7 @@ static int add_device(const char *id, const char *groups, const char *peers, boo
   return rc;
 }
 
-static void barrier(void) {
+void fh_store_barrier(void) {
   wd_device_t *d = wd_device_new();
   if (!d) abort();
   snprintf(d->id, sizeof d->id, "%s", barrier_device);
@@ -150,7 +150,7 @@ void fh_server_events(fh_server_t *s) {
   for (int round = 0; round < SETTLE_ROUNDS && s->store_work && !s->closed && s->barriers < BARRIERS_MAX; round++) {
     s->store_work = false;
     s->barriers++;
-    barrier();
+    fh_store_barrier();
     /* What pn_connection_wake would have done had a proactor owned the connection. */
     pn_collector_put(s->d.collector, PN_OBJECT, s->d.connection, PN_CONNECTION_WAKE);
     run_events(s);
@@ -193,14 +193,17 @@ void fh_server_finish(fh_server_t *s) {
   pn_connection_driver_destroy(&s->d);
 }
 
-/* The next piece to hand over: with FH_FRAMES one protocol header or one
- * frame as its size field says (a size that cannot be right: the rest). */
-static size_t next_piece(const uint8_t *p, size_t left, size_t chunk) {
-  if (chunk != FH_FRAMES) return left < chunk ? left : chunk;
+size_t fh_frame_len(const uint8_t *p, size_t left) {
   if (left < 8) return left;
   if (memcmp(p, "AMQP", 4) == 0) return 8;
   uint32_t size = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
   return size < 8 || size > left ? left : size;
+}
+
+/* The next piece to hand over: with FH_FRAMES one protocol header or frame. */
+static size_t next_piece(const uint8_t *p, size_t left, size_t chunk) {
+  if (chunk != FH_FRAMES) return left < chunk ? left : chunk;
+  return fh_frame_len(p, left);
 }
 
 void fh_serve(fh_mode_t mode, const uint8_t *data, size_t len, size_t chunk) {
@@ -325,6 +328,8 @@ const char *fh_password(fh_mode_t mode) {
 
 const uint8_t *fh_device_key(void) { return device_key; }
 
+wd_amqp_t *fh_amqp(void) { return H.amqp; }
+
 const uint8_t *fh_prefix(fh_mode_t mode, size_t *len, size_t *sasl_len) {
   if (mode == FH_RAW || mode >= FH_N_MODES) return NULL;
   *len = H.prefix_len[mode];
@@ -354,7 +359,7 @@ static int build_prefix(fh_mode_t mode) {
 }
 
 void fh_fini(void) {
-  if (H.store) barrier();
+  if (H.store) fh_store_barrier();
   wd_amqp_free(H.amqp);
   H.amqp = NULL;
   wd_store_close(H.store);

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "protocol/amqp.h"
+
 /* Who the connection logs in as; the fuzz input's first byte picks it. */
 typedef enum {
   FH_RAW = 0,  /* nobody: the input starts at the first byte of the connection */
@@ -44,6 +46,13 @@ int fh_init(void);
 
 /* Closes everything and removes the temporary directory. */
 void fh_fini(void);
+
+/* The server, for a harness that serves connections its own way (fuzz_tls). */
+wd_amqp_t *fh_amqp(void);
+
+/* Returns once the store writer has completed every write submitted so far,
+ * and so has posted their jobs to their connections. */
+void fh_store_barrier(void);
 
 /* The user and password a client of `mode` logs in with (borrowed; valid
  * until fh_fini). NULL for FH_RAW. */
@@ -89,6 +98,10 @@ void fh_server_finish(fh_server_t *s);
  * that waits for answers sends them, so a recorded session replays as it ran. */
 #define FH_FRAMES 0
 void fh_serve(fh_mode_t mode, const uint8_t *data, size_t len, size_t chunk);
+
+/* The length of the protocol header or frame at p, as its size field says
+ * (a size that cannot be right: all `left` bytes). */
+size_t fh_frame_len(const uint8_t *p, size_t left);
 
 /* A Proton client connected to a server connection in memory, recording
  * every byte it sends: how the login prefixes and the seed corpus are made

@@ -71,6 +71,30 @@ static void write_ctl(const char *target, const char *name, uint8_t ctl, const v
   free(buf);
 }
 
+/* fuzz_tls: its four control bytes (who logs in, how bytes and writes move
+ * and how the connection ends, the ciphertext offset + 1 to flip), then the
+ * plaintext after the login. */
+static void write_tls(const char *name, fh_mode_t mode, uint8_t delivery, uint16_t flip, const void *data,
+                      size_t len) {
+  uint8_t *buf = malloc(len + 4);
+  if (!buf) abort();
+  buf[0] = (uint8_t)mode;
+  buf[1] = delivery;
+  buf[2] = (uint8_t)(flip >> 8);
+  buf[3] = (uint8_t)flip;
+  if (len) memcpy(buf + 4, data, len);
+  write_seed("fuzz_tls", name, buf, len + 4);
+  free(buf);
+}
+
+/* Each AMQP session is a fuzz_tls seed too, with these deliveries in turn
+ * (read size | write completion << 2 | end << 4; see fuzz_tls.c). */
+static uint8_t next_tls_delivery(void) {
+  static const uint8_t ways[] = {0x03, 0x10, 0x25, 0x3a, 0x0f, 0x11, 0x26, 0x32};
+  static unsigned n;
+  return ways[n++ % sizeof ways];
+}
+
 /* -------------------------------------------------------------------- AMQP */
 
 static pn_bytes_t str(const char *s) { return pn_bytes(strlen(s), s); }
@@ -196,6 +220,12 @@ static void amqp_seed(const char *name, fh_mode_t mode, uint8_t chunking, script
     exit(1);
   }
   write_ctl("fuzz_amqp", name, (uint8_t)(mode | chunking << 2), l.sent + plen, l.sent_len - plen);
+  write_tls(name, mode, next_tls_delivery(), 0, l.sent + plen, l.sent_len - plen);
+  if (strcmp(name, "dev-telemetry") == 0) {
+    /* a byte of the ClientHello, and one of the telemetry's records, spoiled */
+    write_tls("dev-telemetry-flip-in-handshake", mode, 0x03, 100, l.sent + plen, l.sent_len - plen);
+    write_tls("dev-telemetry-flip-in-data", mode, 0x03, 1200, l.sent + plen, l.sent_len - plen);
+  }
   free(l.sent);
 }
 
@@ -208,6 +238,7 @@ static void amqp_raw_seed(const char *name, const char *mechs, const char *user,
   if (script) script(&l);
   fh_loop_finish(&l);
   write_ctl("fuzz_amqp", name, FH_RAW, l.sent, l.sent_len);
+  write_tls(name, FH_RAW, next_tls_delivery(), 0, l.sent, l.sent_len);
   free(l.sent);
 }
 
