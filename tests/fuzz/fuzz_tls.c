@@ -256,6 +256,7 @@ static bool complete_writes(peer_t *p, bool all) {
     const pn_raw_buffer_t *b = &fake->writes[i];
     CHECK(b->offset + b->size <= b->capacity, "a write buffer past its capacity");
     if (b->size) BIO_write(p->to_client, b->bytes + b->offset, (int)b->size);
+    CHECK(fake->n_written < WRITE_SLOTS, "warden left %zu written buffers untaken", fake->n_written);
     fake->written[fake->n_written++] = *b;
   }
   fake->n_writes = 0;
