@@ -10,7 +10,9 @@
 # `warden-bench connections --reconnect` with --pid <warden> (N device connections: SASL PLAIN with a SAS token, open,
 # a session and a receiver on `commands`; all N connect, CONNECT_CONCURRENCY at once, then each is closed and
 # reconnected, 3 at a time), and stops warden by pid. Modes: plain, tls (no resumption), tls-resume (a Proton TLS
-# session id per connection, so each reconnect offers the session its connection had).
+# session id per connection, so each reconnect offers the session its connection had), tls-cert (each device
+# presents its own client certificate and logs in with SASL EXTERNAL; needs python3-cryptography; not in the default
+# MODES).
 # Writes bench/results/<date>-connections.json and, if a bench/compare.sh result is there, re-renders
 # docs/BENCHMARKS.md.
 #
@@ -34,7 +36,7 @@ DOC=${DOC-$repo/docs/BENCHMARKS.md}
 
 bench_need "$WARDEN_BIN" "$BENCH_BIN"
 for m in $MODES; do
-  case $m in plain|tls|tls-resume) ;; *) die "unknown mode '$m' (plain, tls, tls-resume)";; esac
+  case $m in plain|tls|tls-resume|tls-cert) ;; *) die "unknown mode '$m' (plain, tls, tls-resume, tls-cert)";; esac
 done
 
 # warden (started from here) and warden-bench need a descriptor per connection
@@ -44,12 +46,21 @@ bench_tmp warden-connections
 
 (( WAIT_CTEST )) && bench_wait_for_ctest
 
-start_warden() {   # dir, number of devices
-  local d=$1 ndev=$2
-  warden_start "$d" "max_connections = $((ndev + 100))" "tls_listen = 127.0.0.1:0"
+start_warden() {   # dir, number of devices, mode
+  local d=$1 ndev=$2 mode=$3 certs=()
+  local lines=("max_connections = $((ndev + 100))" "tls_listen = 127.0.0.1:0")
+  if [[ $mode == tls-cert ]]; then   # the CA first: warden trusts it from the start
+    mkdir -p "$d/certs"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/certs/ca.key" \
+      -out "$d/certs/ca.pem" -subj /CN=warden-bench-CA -days 30 -addext basicConstraints=critical,CA:TRUE \
+      >/dev/null 2>&1 || die "cannot make a CA with openssl"
+    lines+=("tls_ca = $d/certs/ca.pem")
+    certs=(--certs "$d/certs")
+  fi
+  warden_start "$d" "${lines[@]}"
   [[ -s $d/data/tls/dev-cert.pem ]] || die "warden wrote no development certificate"
   "$PYTHON" "$here/make-devices.py" --http-port "$http_port" --token-file "$d/admin.password" --count "$ndev" \
-    "$d/devices.txt" || die "cannot create $ndev devices"
+    "${certs[@]}" "$d/devices.txt" || die "cannot create $ndev devices"
 }
 
 results=$tmp/runs.jsonl
@@ -60,7 +71,7 @@ for n in $CONN_NS; do
   for mode in $MODES; do
     run=$((run + 1))
     d=$tmp/run-$run
-    start_warden "$d" "$n"
+    start_warden "$d" "$n" "$mode"
     sleep 1   # let warden settle after the registry writes
     args=(connections --host 127.0.0.1 --devices "$d/devices.txt" --connections "$n" --pid "$warden_pid"
           --connect-concurrency "$CONNECT_CONCURRENCY" --settle "$SETTLE_MS" --timeout "$TIMEOUT" --reconnect)
@@ -68,6 +79,7 @@ for n in $CONN_NS; do
       plain) args+=(--port "$amqp_port") ;;
       tls) args+=(--port "$amqps_port" --tls --ca "$d/data/tls/dev-cert.pem") ;;
       tls-resume) args+=(--port "$amqps_port" --tls --ca "$d/data/tls/dev-cert.pem" --resume) ;;
+      tls-cert) args+=(--port "$amqps_port" --tls --ca "$d/data/tls/dev-cert.pem" --external) ;;
     esac
     log "[$n $mode] warden pid $warden_pid: warden-bench ${args[*]}"
     out=$("$BENCH_BIN" "${args[@]}")

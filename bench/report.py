@@ -224,12 +224,14 @@ def targets_md(res, cres):
         most = max((r.get("connected") or 0 for r in runs), default=0)
         row("100 000 concurrent idle device connections", "%s (the most run here; see Connections)" % fmt(most),
             most >= 100000)
-        for tls, limit in ((False, 16), (True, 48)):
+        for tls, external, limit, what in ((False, False, 16, "plain TCP"), (True, False, 48, "TLS"),
+                                           (True, True, 48, "TLS with client certificates (SASL EXTERNAL)")):
             per = [r["server_rss_per_connection_kb"] for r in runs
-                   if bool(r.get("tls")) == tls and r.get("server_rss_per_connection_kb") is not None]
+                   if bool(r.get("tls")) == tls and bool(r.get("external")) == external
+                   and r.get("server_rss_per_connection_kb") is not None]
             if per:
                 worst = max(per)
-                row("≤ %d KiB of gateway RSS per idle connection, %s" % (limit, "TLS" if tls else "plain TCP"),
+                row("≤ %d KiB of gateway RSS per idle connection, %s" % (limit, what),
                     "%s KiB (worst row)" % fmt(worst, ".1f"), worst <= limit)
     return "\n".join(rows)
 
@@ -324,7 +326,8 @@ def latest_connections(res_dir):
 
 
 def conn_mode(r):
-    return ("TLS" if r["tls"] else "plain") + (", session id each" if r.get("resume") else "")
+    return (("TLS, client certificate" if r.get("external") else "TLS") if r["tls"] else "plain") + (
+        ", session id each" if r.get("resume") else "")
 
 
 def connections_md(cres):

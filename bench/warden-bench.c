@@ -39,7 +39,8 @@
  * this run received per second) and latency percentiles, the ingest rate and the send-to-accepted latency.
  *
  * connections: N idle connections (SASL, AMQP open, a session and, for devices, a receiver on `commands`),
- * plain or TLS (--tls, --ca), at most C connecting at once. Reports the time to connect them all and, with
+ * plain or TLS (--tls, --ca; --external: each device presents its client certificate and logs in with SASL
+ * EXTERNAL), at most C connecting at once. Reports the time to connect them all and, with
  * --pid P, the server's RSS growth per connection (/proc/P/status VmRSS) and its CPU time per connection. With
  * --reconnect it then closes and reconnects each (a few at a time) and reports that pass too; --resume adds a
  * Proton SSL session id per connection and counts the TLS sessions resumed. Above 1 000 connections to a
@@ -124,6 +125,7 @@ static struct {
   long drain_window;   /* e2e: the receiver's credit window */
   /* connections */
   bool tls, no_link;
+  bool external;       /* devices log in with their client certificates (SASL EXTERNAL) */
   const char *ca;
   bool resume;         /* a TLS session id per connection */
   bool reconnect;      /* after connecting all, close and reconnect each */
@@ -155,6 +157,7 @@ typedef struct bench_conn {
   int index;
   char *device_id;
   char *password;
+  pn_ssl_domain_t *ssl_domain; /* --external: a domain holding this device's certificate */
   pn_connection_t *pn;
   pn_link_t *link;
   long inflight;      /* ingest: unsettled deliveries on the link */
@@ -1443,20 +1446,27 @@ static void cp_tick(void) {
 }
 
 /* SSL client domain for --tls: verifies the server against --ca (and its name against --sas-host), or, without
- * --ca, does not verify it at all. */
-static int make_client_ssl(void) {
-  ssl_domain = pn_ssl_domain(PN_SSL_MODE_CLIENT);
-  if (!ssl_domain) return -1;
+ * --ca, does not verify it at all; presents cert with key when they are given. NULL on error (said). */
+static pn_ssl_domain_t *client_domain(const char *cert, const char *key) {
+  pn_ssl_domain_t *d = pn_ssl_domain(PN_SSL_MODE_CLIENT);
+  if (!d) return NULL;
   if (opt.ca) {
-    if (pn_ssl_domain_set_trusted_ca_db(ssl_domain, opt.ca) != 0 ||
-        pn_ssl_domain_set_peer_authentication(ssl_domain, PN_SSL_VERIFY_PEER_NAME, NULL) != 0) {
+    if (pn_ssl_domain_set_trusted_ca_db(d, opt.ca) != 0 ||
+        pn_ssl_domain_set_peer_authentication(d, PN_SSL_VERIFY_PEER_NAME, NULL) != 0) {
       fprintf(stderr, "warden-bench: cannot use %s as the CA\n", opt.ca);
-      return -1;
+      pn_ssl_domain_free(d);
+      return NULL;
     }
-  } else if (pn_ssl_domain_set_peer_authentication(ssl_domain, PN_SSL_ANONYMOUS_PEER, NULL) != 0) {
-    return -1;
+  } else if (pn_ssl_domain_set_peer_authentication(d, PN_SSL_ANONYMOUS_PEER, NULL) != 0) {
+    pn_ssl_domain_free(d);
+    return NULL;
   }
-  return 0;
+  if (cert && pn_ssl_domain_set_credentials(d, cert, key, NULL) != 0) {
+    fprintf(stderr, "warden-bench: cannot use the certificate %s with the key %s\n", cert, key);
+    pn_ssl_domain_free(d);
+    return NULL;
+  }
+  return d;
 }
 
 static atomic_int finished;
@@ -1782,7 +1792,8 @@ static char *trim(char *s) {
   return s;
 }
 
-/* Reads `device_id base64key` lines; builds a SAS token for each of the first opt.connections. */
+/* Reads `device_id base64key [cert.pem key.pem]` lines (bench/make-devices.py); builds a SAS token for each of
+ * the first opt.connections, or with --external an SSL domain presenting its certificate. */
 static int load_devices(void) {
   FILE *f = fopen(opt.devices_file, "r");
   if (!f) {
@@ -1799,10 +1810,10 @@ static int load_devices(void) {
     char *sp = strpbrk(s, " \t");
     if (!sp) goto bad;
     *sp = '\0';
-    char *key64 = trim(sp + 1);
+    char *key64 = strtok(sp + 1, " \t"), *cert = strtok(NULL, " \t"), *cert_key = strtok(NULL, " \t");
     uint8_t key[64];
-    int klen = wd_base64_decode(key64, strlen(key64), key, sizeof key);
-    if (klen != WD_KEY_BYTES || !wd_id_valid(s)) goto bad;
+    int klen = key64 ? wd_base64_decode(key64, strlen(key64), key, sizeof key) : -1;
+    if (klen != WD_KEY_BYTES || !wd_id_valid(s) || (opt.external && !cert_key)) goto bad;
     conns[n].device_id = strdup(s);
     conns[n].password = wd_sas_build(opt.sas_host, s, key, expiry);
     explicit_bzero(key, sizeof key);
@@ -1811,12 +1822,16 @@ static int load_devices(void) {
       fprintf(stderr, "warden-bench: cannot build a SAS token for %s\n", s);
       return -1;
     }
+    if (opt.external && !(conns[n].ssl_domain = client_domain(cert, cert_key))) {
+      fclose(f);
+      return -1;
+    }
     n++;
     continue;
   bad:
     fclose(f);
-    fprintf(stderr, "warden-bench: %s:%ld: expected 'device_id base64key' with a 32-byte key\n", opt.devices_file,
-            lineno);
+    fprintf(stderr, "warden-bench: %s:%ld: expected 'device_id base64key%s' with a 32-byte key\n", opt.devices_file,
+            lineno, opt.external ? " cert.pem key.pem" : "");
     return -1;
   }
   fclose(f);
@@ -1838,6 +1853,8 @@ static void start_connection(bench_conn_t *bc) {
   pn_sasl_t *s = pn_sasl(t);
   if (opt.sasl_anonymous && !bc->device_id) {
     pn_sasl_allowed_mechs(s, "ANONYMOUS");
+  } else if (bc->ssl_domain) {
+    pn_sasl_allowed_mechs(s, "EXTERNAL"); /* warden knows the device by its certificate */
   } else {
     pn_connection_set_user(c, bc->device_id ? bc->device_id : opt.user);
     pn_connection_set_password(c, bc->password);
@@ -1850,7 +1867,7 @@ static void start_connection(bench_conn_t *bc) {
     char sid[80];
     snprintf(sid, sizeof sid, "warden-bench-%ld-%d", (long)getpid(), bc->index);
     pn_ssl_t *ssl = pn_ssl(t);
-    pn_ssl_init(ssl, ssl_domain, opt.resume ? sid : NULL);
+    pn_ssl_init(ssl, bc->ssl_domain ? bc->ssl_domain : ssl_domain, opt.resume ? sid : NULL);
     pn_ssl_set_peer_hostname(ssl, opt.sas_host);
   }
   pn_connection_set_context(c, bc);
@@ -1962,7 +1979,9 @@ static void usage(FILE *f) {
           "connections: --connections N  --connect-concurrency C (100, connecting at once)  --pid P (the server:\n"
           "         RSS per connection)  --settle MS (2000, wait before reading RSS)  --hold S (0, stay idle)\n"
           "         --reconnect (then close and reconnect each, 3 at a time)  --resume (--reconnect with a TLS\n"
-          "         session id per connection: count resumed sessions)  --no-link (devices: no receiver on\n"
+          "         session id per connection: count resumed sessions)  --external (with --tls: each device logs in\n"
+          "         with its certificate, SASL EXTERNAL; --devices lines `id key cert.pem key.pem`, as\n"
+          "         bench/make-devices.py --certs writes them)  --no-link (devices: no receiver on\n"
           "         `commands`)  --source-addresses K (bind to 127.0.0.1..K round-robin; default 1 up to 1 000\n"
           "         connections, else ceil(N / 1000), at most 254)\n");
 }
@@ -2008,6 +2027,7 @@ static int parse_args(int argc, char **argv) {
     else if (strcmp(a, "--drain-window") == 0 && v) ok = parse_long(v, 1, 1000000, &opt.drain_window);
     else if (strcmp(a, "--tls") == 0) opt.tls = true, takes = false;
     else if (strcmp(a, "--ca") == 0 && v) opt.ca = v;
+    else if (strcmp(a, "--external") == 0) opt.external = true, takes = false;
     else if (strcmp(a, "--resume") == 0) opt.resume = opt.reconnect = true, takes = false;
     else if (strcmp(a, "--reconnect") == 0) opt.reconnect = true, takes = false;
     else if (strcmp(a, "--no-link") == 0) opt.no_link = true, takes = false;
@@ -2061,8 +2081,12 @@ static int parse_args(int argc, char **argv) {
             generic ? " or --user/--password or --sasl-anonymous" : "");
     return -1;
   }
-  if ((opt.resume || opt.ca) && !opt.tls) {
-    fprintf(stderr, "warden-bench: --resume and --ca need --tls\n");
+  if ((opt.resume || opt.ca || opt.external) && !opt.tls) {
+    fprintf(stderr, "warden-bench: --resume, --ca and --external need --tls\n");
+    return -1;
+  }
+  if (opt.external && (opt.scenario != SC_CONNECTIONS || !opt.devices_file)) {
+    fprintf(stderr, "warden-bench: --external is for connections with --devices\n");
     return -1;
   }
   if (opt.scenario == SC_E2E) {
@@ -2307,8 +2331,10 @@ static int report_connections(void) {
     srv_per = (double)(p->server_rss_kb - cp_rss0_server) / (double)p->ready;
   if (p->ready > 0 && cp_rss0_client >= 0 && p->client_rss_kb >= 0)
     cli_per = (double)(p->client_rss_kb - cp_rss0_client) / (double)p->ready;
-  printf("{\"scenario\":\"connections\",\"connections\":%ld,\"tls\":%s,\"reconnect\":%s,\"resume\":%s,\"link\":%s,",
-         n_conns, opt.tls ? "true" : "false", opt.reconnect ? "true" : "false", opt.resume ? "true" : "false",
+  printf("{\"scenario\":\"connections\",\"connections\":%ld,\"tls\":%s,\"external\":%s,\"reconnect\":%s,\"resume\":%s,"
+         "\"link\":%s,",
+         n_conns, opt.tls ? "true" : "false", opt.external ? "true" : "false", opt.reconnect ? "true" : "false",
+         opt.resume ? "true" : "false",
          !opt.no_link && (opt.address_given || opt.devices_file) ? "true" : "false");
   printf("\"connect_concurrency\":%ld,\"reconnect_concurrency\":%d,\"source_addresses\":%ld,", opt.connect_concurrency,
          ROLL_WIDTH, src_addrs);
@@ -2346,7 +2372,7 @@ static int report_connections(void) {
           "warden-bench connections: %ld %s connections (%ld at once, %ld source address%s): %ld ready, %ld failed in "
           "%.2f s (%.0f/s; connect p50 %.1f ms p99 %.1f ms); server RSS %+.1f kB and CPU %.0f us per connection, "
           "client RSS %+.1f kB/connection",
-          n_conns, opt.tls ? "TLS" : "plain", opt.connect_concurrency, src_addrs, src_addrs == 1 ? "" : "es", p->ready,
+          n_conns, opt.external ? "TLS client-certificate" : opt.tls ? "TLS" : "plain", opt.connect_concurrency, src_addrs, src_addrs == 1 ? "" : "es", p->ready,
           p->failed, s0, s0 > 0 ? (double)p->ready / s0 : 0.0,
           p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.50) : NAN,
           p->n_lat ? percentile_ms(p->lat, p->n_lat, 0.99) : NAN,
@@ -2413,7 +2439,7 @@ int main(int argc, char **argv) {
     }
     opt.password = trim(file_password);
   }
-  if (opt.tls && make_client_ssl() < 0) return 2;
+  if (opt.tls && !(ssl_domain = client_domain(NULL, NULL))) return 2;
   if (opt.scenario == SC_INGEST || opt.scenario == SC_E2E || opt.scenario == SC_CONNECTIONS) {
     /* senders / idle connections: devices, or generic credentials shared by every connection */
     if (opt.devices_file) {
@@ -2554,6 +2580,7 @@ int main(int argc, char **argv) {
     pn_proactor_free(proactor);
     if (ssl_domain) pn_ssl_domain_free(ssl_domain);
     for (long i = 0; i < n_conns; i++) {
+      if (conns[i].ssl_domain) pn_ssl_domain_free(conns[i].ssl_domain);
       free(conns[i].device_id);
       if (conns[i].password) explicit_bzero(conns[i].password, strlen(conns[i].password));
       free(conns[i].password);
