@@ -53,6 +53,15 @@ static int rate_allows(wd_conn_t *c, pn_link_t *link, int want) {
   return n;
 }
 
+/* Ends an inbound link that broke a rule; what it still has in flight is settled by the usual paths. */
+static void end_link(pn_link_t *link, wd_link_ctx_t *lc, const char *condition, const char *description) {
+  pn_condition_t *cond = pn_link_condition(link);
+  pn_condition_set_name(cond, condition);
+  pn_condition_set_description(cond, description);
+  pn_link_close(link);
+  lc->closed = true;
+}
+
 void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (lc->closed || atomic_load(&a->stopping)) return;
   /* A nearly full store grants devices no new credit: nothing is dropped, they wait. */
@@ -61,11 +70,7 @@ void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
   if (credit < 0) {
     /* warden never takes credit back, so only a peer that sent past its
        credit, or moved its delivery-count past it in a flow, gets here. */
-    pn_condition_t *cond = pn_link_condition(link);
-    pn_condition_set_name(cond, "amqp:link:transfer-limit-exceeded");
-    pn_condition_set_description(cond, "the sender went past the credit it was given");
-    pn_link_close(link);
-    lc->closed = true;
+    end_link(link, lc, "amqp:link:transfer-limit-exceeded", "the sender went past the credit it was given");
     return;
   }
   int outstanding = credit + lc->pending_commits;
@@ -97,11 +102,7 @@ uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_
     if (pending <= (size_t)a->cfg.max_message_size + OVERSIZE_SLACK) return NULL; /* wait for the rest */
     wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' is sending a message far over %u bytes; detaching the link",
            (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
-    pn_condition_t *cond = pn_link_condition(link);
-    pn_condition_set_name(cond, "amqp:link:message-size-exceeded");
-    pn_condition_set_description(cond, "message larger than max_message_size");
-    pn_link_close(link);
-    lc->closed = true;
+    end_link(link, lc, "amqp:link:message-size-exceeded", "message larger than max_message_size");
     return NULL;
   }
   if (!pn_delivery_readable(d) || partial) return NULL;
