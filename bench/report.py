@@ -460,9 +460,13 @@ def doc(res_path, md_path):
                    "system time from the first connect to the last one ready, per connection. Then every "
                    "connection is closed and reconnected, 3 at a time (so latencies there are without queueing, "
                    "unlike the first pass where %s handshakes compete for the server); with a session id each, "
-                   "the reconnect offers the TLS session its connection had.\n" % (
+                   "the reconnect offers the TLS session its connection had.%s\n" % (
                        cres.get("date", "?"), os.path.basename(cfile), rel(cfile), cp.get("connect_concurrency", "?"),
-                       cp.get("connect_concurrency", "?")))
+                       cp.get("connect_concurrency", "?"),
+                       " With a client certificate, every device presents its own (EC P-256, from a CA warden has as "
+                       "`tls_ca`) and logs in with SASL EXTERNAL; those rows stop at 10 000, because `warden-bench` "
+                       "gives every certificate an OpenSSL context of its own and at 19 000 the client had grown to "
+                       "13.6 GB before it connected." if any(r.get("external") for r in cres.get("runs", [])) else ""))
         out.append("The largest N is the most this machine allows: its hard `RLIMIT_NOFILE` is 20 000 per "
                    "process and raising it needs `CAP_SYS_RESOURCE`, which the sandbox withholds; 100 000 "
                    "connections could not be tried here. **server RSS once all closed** is warden's VmRSS 2 s "
