@@ -20,7 +20,7 @@
  *                  only once 4 are queued; not until the end (so that tls.c
  *                  meets its limits on what it hands out)
  *   (c1 >> 4) & 3  the end: close_notify then end of stream; end of stream;
- *                  a reset; the peer waits for warden to close
+ *                  a reset; the peer stops and lets warden act first
  *   c2 c3          n (big endian), non-zero: the ciphertext byte at offset
  *                  n - 1 is flipped on its way to warden
  *
@@ -369,7 +369,7 @@ static void finish(peer_t *p, int how) {
     event(PN_RAW_CONNECTION_CLOSED_READ);
     pump(p);
   }
-  if (how == 3) { /* the peer waits for warden's close, which warden owes it: a close frame or an alert */
+  if (how == 3) { /* the peer stops sending and lets warden act first: what it sends on its own arrives */
     pump(p);
     complete_writes(p, true);
   }
