@@ -41,11 +41,9 @@ static struct {
   size_t n_carved;     /* blocks handed out at least once */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static bool in_pool(const void *p) {
+bool wd_crypto_memory_owns(const void *p) {
   return pool.base && (const uint8_t *)p >= pool.base && (const uint8_t *)p < pool.base + N_BLOCKS * BLOCK;
 }
-
-bool wd_crypto_memory_owns(const void *p) { return in_pool(p); }
 
 static void *block_take(void) {
   size_t index = N_BLOCKS;
@@ -89,7 +87,7 @@ static void *crypto_malloc(size_t n, const char *file, int line) {
 static void crypto_free(void *p, const char *file, int line) {
   (void)file;
   (void)line;
-  if (in_pool(p))
+  if (wd_crypto_memory_owns(p))
     block_give_back(p);
   else
     free(p);
@@ -101,7 +99,7 @@ static void *crypto_realloc(void *p, size_t n, const char *file, int line) {
     crypto_free(p, file, line);
     return NULL;
   }
-  if (in_pool(p)) {
+  if (wd_crypto_memory_owns(p)) {
     if (n >= POOLED_MIN && n <= BLOCK) return p;
     /* Grown past a block, or shrunk to what a long-lived small buffer is: to malloc. */
     void *q = malloc(n);

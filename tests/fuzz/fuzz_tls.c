@@ -234,17 +234,25 @@ typedef struct {
 static void event(pn_event_type_t type) { wd_amqp_driver_tls_event((pn_raw_connection_t *)fake, type); }
 
 /* Delivers what warden asked for, as Proton would: wakes, and the close of a
- * half (the write half once everything handed out before was written). */
-static void answer_warden(void) {
-  if (atomic_exchange(&fake->woken, false)) event(PN_RAW_CONNECTION_WAKE);
+ * half (the write half once everything handed out before was written).
+ * Returns whether it delivered anything. */
+static bool answer_warden(void) {
+  bool delivered = false;
+  if (atomic_exchange(&fake->woken, false)) {
+    event(PN_RAW_CONNECTION_WAKE);
+    delivered = true;
+  }
   if (fake->read_close_asked && !fake->read_closed) {
     fake->read_closed = true;
     event(PN_RAW_CONNECTION_CLOSED_READ);
+    delivered = true;
   }
   if (fake->write_close_asked && !fake->write_closed && fake->n_writes == 0) {
     fake->write_closed = true;
     event(PN_RAW_CONNECTION_CLOSED_WRITE);
+    delivered = true;
   }
+  return delivered;
 }
 
 /* Moves warden's written ciphertext to the client, as the policy allows. */
@@ -321,10 +329,7 @@ static bool pump_once(peer_t *p) {
   client_reads(p);
   collect_client_output(p);
   moved |= deliver_reads(p);
-  if (atomic_load(&fake->woken) || fake->read_close_asked != fake->read_closed ||
-      (fake->write_close_asked && !fake->write_closed && fake->n_writes == 0))
-    moved = true;
-  answer_warden();
+  moved |= answer_warden();
   return moved;
 }
 
@@ -369,10 +374,7 @@ static void finish(peer_t *p, int how) {
     event(PN_RAW_CONNECTION_CLOSED_READ);
     pump(p);
   }
-  if (how == 3) { /* the peer stops sending and lets warden act first: what it sends on its own arrives */
-    pump(p);
-    complete_writes(p, true);
-  }
+  if (how == 3) pump(p); /* the peer stops sending and lets warden act first: what it sends on its own arrives */
   complete_writes(p, true);
   answer_warden();
   if (!fake->read_closed) {

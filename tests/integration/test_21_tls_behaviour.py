@@ -499,7 +499,6 @@ class TlsTrafficTest(TlsCase):
         self.assertEqual(self.gw.rest("GET", "/v1/devices/" + dev).json.get("connected"), False)
         self.assertServing(self.gw)
 
-
     def test_hostile_tls_traffic_leaves_warden_serving(self):
         """Four clients, for HOSTILE_SECONDS, each connection one of: a mutated ClientHello, a
         handshake then random bytes (after a protocol header, or a login), a handshake then raw
@@ -516,28 +515,33 @@ class TlsTrafficTest(TlsCase):
         stop = time.time() + HOSTILE_SECONDS
         done, errors = [0], []
 
+        ctx = ssl.create_default_context(cafile=ca)  # one for every client: the CA is read once
+
         def tcp():
             return socket.create_connection(("127.0.0.1", port), timeout=5)
 
         def tls():
-            ctx = ssl.create_default_context(cafile=ca)
             return ctx.wrap_socket(tcp(), server_hostname="localhost")
+
+        def reset(sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
 
         def finish(sock, rng, must_close=None):
             """Reads until warden ends the stream (at most 0.3 s, or 3 s when warden must close it:
             must_close names why), or resets the connection instead."""
             if rng.random() < 0.3 and not must_close:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
-                sock.settimeout(3.0 if must_close else 0.3)
-                try:
-                    while sock.recv(65536):
-                        pass
-                except socket.timeout:
-                    if must_close:
-                        errors.append("warden kept the connection open after %s" % must_close)
-                except (OSError, ssl.SSLError):
+                reset(sock)
+                return
+            sock.settimeout(3.0 if must_close else 0.3)
+            try:
+                while sock.recv(65536):
                     pass
+            except socket.timeout:
+                if must_close:
+                    errors.append("warden kept the connection open after %s" % must_close)
+            except (OSError, ssl.SSLError):
+                pass
             sock.close()
 
         def mutated_hello(rng):
@@ -598,8 +602,7 @@ class TlsTrafficTest(TlsCase):
             sock = tcp()
             hello = rng.choice(hellos)
             sock.sendall(hello[:rng.randrange(1, len(hello))])
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            reset(sock)
 
         kinds = [mutated_hello, random_plaintext, login_then_frames, records_not_tls, half_hello_then_reset]
 
