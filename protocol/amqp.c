@@ -8,7 +8,6 @@
 #include <proton/condition.h>
 #include <proton/event.h>
 #include <proton/netaddr.h>
-#include <proton/sasl.h>
 #include <proton/session.h>
 #include <proton/terminus.h>
 #include <stdio.h>
@@ -106,6 +105,8 @@ int wd_amqp_wait_listening(wd_amqp_t *a) {
   return rc;
 }
 
+static void abort_connection(wd_conn_t *c, void *arg, bool discard);
+
 static void close_for_shutdown(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
   if (!discard) wd_amqp__conn_close_PT(c, "amqp:connection:forced", "warden is shutting down");
@@ -128,12 +129,13 @@ void wd_amqp_shutdown(wd_amqp_t *a, int drain_ms) {
   wd_amqp__post_all(a, close_for_shutdown);
   for (int waited = 0; wd_amqp__conn_count(a) > 0 && waited < 1000; waited += 5)
     nanosleep(&(struct timespec){0, 5000000L}, NULL);
+  wd_amqp__post_all(a, abort_connection);
+  /* Warden ends its raw connections itself: Proton 0.37's pn_proactor_disconnect
+     asserts on them. One that has not gone within a second is freed with the proactor. */
+  for (int waited = 0; atomic_load(&a->streams) > 0 && waited < 1000; waited += 5)
+    nanosleep(&(struct timespec){0, 5000000L}, NULL);
   pn_proactor_cancel_timeout(a->proactor);
-  pn_condition_t *cond = pn_condition();
-  pn_condition_set_name(cond, "amqp:connection:forced");
-  pn_condition_set_description(cond, "warden is shutting down");
-  pn_proactor_disconnect(a->proactor, cond);
-  pn_condition_free(cond);
+  pn_proactor_interrupt(a->proactor);
 }
 
 void wd_amqp_free(wd_amqp_t *a) {
@@ -173,6 +175,10 @@ void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *des
   c->closing = true;
   wd_log("amqp", WD_LOG_INFO, "[C%llu] closing connection of '%s': %s (%s)", (unsigned long long)c->id,
          c->who.id, condition, description);
+  if (!c->pn) { /* not logged in: no engine to say why */
+    wd_amqp__conn_abort_PT(c);
+    return;
+  }
   pn_condition_t *cond = pn_connection_condition(c->pn);
   pn_condition_set_name(cond, condition);
   pn_condition_set_description(cond, description);
@@ -327,6 +333,7 @@ void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
   if (discard) return;
   atomic_store(&c->pump_pending, false);
+  if (!c->pn) return;
   for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE))
     if (pn_link_is_sender(l)) wd_amqp__pump_PT(c, l);
 }
@@ -373,10 +380,6 @@ static bool admit_device(wd_conn_t *c) {
 static void on_connection_remote_open(wd_conn_t *c) {
   pn_transport_t *t = pn_connection_transport(c->pn);
   wd_amqp_t *a = c->amqp;
-  if (!wd_amqp__sasl_identity(t, &c->who)) {
-    wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "not authenticated");
-    return;
-  }
   if (wd_amqp__conn_count(a) > a->cfg.max_connections) {
     wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "too many connections");
     return;
@@ -401,7 +404,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
   c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
   atomic_fetch_add(c->gauge, 1);
   wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
-         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->raw ? "TLS" : "plain", c->who.mech);
+         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
 }
 
 static void on_transport_closed(wd_conn_t *c) {
@@ -423,58 +426,50 @@ static void expire_token(wd_conn_t *c, void *arg, bool discard) {
   if (!discard) wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "SAS token expired");
 }
 
-/* The peer never answered our close: stop reading and writing. */
+/* The peer never answered our close, or never logged in: stop reading and writing. */
 static void abort_connection(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
-  if (discard) return;
-  pn_transport_t *t = pn_connection_transport(c->pn);
-  pn_transport_close_tail(t);
-  pn_transport_close_head(t);
+  if (!discard) wd_amqp__conn_abort_PT(c);
 }
 
 /* Counts the connection against its source address; an address over its
- * limit, or blocked for failed logins, is cut off before SASL starts. */
-static void on_connection_bound(wd_conn_t *c, pn_transport_t *t) {
-  const pn_netaddr_t *na = c->raw ? pn_raw_connection_remote_addr(c->raw) : pn_transport_remote_addr(t);
-  char ip[64] = "?", port[16];
+ * limit is cut off before SASL starts. */
+wd_conn_t *wd_amqp__conn_accepted(wd_amqp_t *a, pn_raw_connection_t *raw, bool tls, char *ip) {
+  wd_conn_t *c = wd_amqp__conn_new(a, raw);
+  if (!c) return NULL;
+  c->tls = tls;
+  const pn_netaddr_t *na = pn_raw_connection_remote_addr(raw);
+  char port[16];
+  snprintf(ip, 64, "?");
   if (!na || pn_netaddr_str(na, c->remote, sizeof c->remote) < 0) snprintf(c->remote, sizeof c->remote, "?");
-  if (na) pn_netaddr_host_port(na, ip, sizeof ip, port, sizeof port);
-  wd_amqp__sasl_set_peer(t, ip, c->remote);
+  if (na) pn_netaddr_host_port(na, ip, 64, port, sizeof port);
   int rc = wd_amqp__conn_bind(c, ip);
   /* A blocked address still gets a SASL refusal (credentials unread): a clear answer, and no oracle. */
-  if (rc == WD_OK || rc == WD_ERR_DENIED) return;
+  if (rc == WD_OK || rc == WD_ERR_DENIED) return c;
   wd_log("amqp", WD_LOG_DEBUG, "[C%llu] refused a connection from %s: too many connections from this address",
          (unsigned long long)c->id, ip);
   c->closing = true;
-  pn_transport_close_tail(t);
-  pn_transport_close_head(t);
+  return c;
 }
 
 /* The store has room again: give every inbound link its credit back. */
 static void top_up_job(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
-  if (discard) return;
+  if (discard || !c->pn) return;
   for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
     wd_link_ctx_t *lc = pn_link_get_context(l);
     if (lc && pn_link_is_receiver(l)) wd_amqp__top_up_PT(l, lc, c->amqp);
   }
 }
 
-/* What every accepted connection gets before its first byte. */
-wd_conn_t *wd_amqp__accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, pn_raw_connection_t *raw) {
-  wd_conn_t *c = wd_amqp__conn_new(a, pc, raw);
-  if (!c) return NULL;
+void wd_amqp__engine_start(wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t) {
+  c->pn = pc;
   pn_connection_set_context(pc, c);
   pn_transport_set_server(t);
-  wd_amqp__sasl_install(a, t, raw != NULL);
   /* No idle time-out until the peer's open says what it needs (the SASL
-     deadline bounds the handshake; see on_connection_remote_open). Not the
-     longest one meanwhile: the proactor's timer entry for a deadline stays
-     allocated until the deadline passes, even once the connection is gone,
-     and pins the heap page it sits in. */
-  if (a->cfg.max_frame_size) pn_transport_set_max_frame(t, a->cfg.max_frame_size);
-  if (a->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(a->cfg.max_sessions - 1));
-  return c;
+     deadline bounds the time until then; see on_connection_remote_open). */
+  if (c->amqp->cfg.max_frame_size) pn_transport_set_max_frame(t, c->amqp->cfg.max_frame_size);
+  if (c->amqp->cfg.max_sessions) pn_transport_set_channel_max(t, (uint16_t)(c->amqp->cfg.max_sessions - 1));
 }
 
 /* The first idle deadline after the open: dropped if nothing came since. */
@@ -485,8 +480,7 @@ static void idle_check(wd_conn_t *c, void *arg, bool discard) {
   if (pn_transport_get_frames_input(t) != c->idle_frames) return;
   wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "local-idle-timeout expired");
   /* A silent peer is presumed gone: no waiting for its answer to the close. */
-  pn_transport_close_tail(t);
-  pn_transport_close_head(t);
+  wd_amqp__conn_abort_PT(c);
 }
 
 static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
@@ -501,19 +495,8 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
     *tls_flag = tls; /* unchanged; the listener opened */
     pthread_cond_broadcast(&a->listen_cond);
     pthread_mutex_unlock(&a->listen_lock);
-  } else if (pn_event_type(e) == PN_LISTENER_ACCEPT && tls) {
-    wd_amqp__tls_accept(a, l);
   } else if (pn_event_type(e) == PN_LISTENER_ACCEPT) {
-    pn_connection_t *pc = pn_connection();
-    pn_transport_t *t = pn_transport();
-    if (!pc || !t || !wd_amqp__accept(a, pc, t, NULL)) {
-      wd_log("amqp", WD_LOG_ERROR, "out of memory accepting a connection");
-      if (t) pn_transport_free(t);
-      pn_listener_accept2(l, pc, NULL);
-      if (pc) pn_connection_close(pc);
-      return;
-    }
-    pn_listener_accept2(l, pc, t);
+    wd_amqp__stream_accept(a, l, tls);
   } else if (pn_event_type(e) == PN_LISTENER_CLOSE) {
     pn_condition_t *cond = pn_listener_condition(l);
     pthread_mutex_lock(&a->listen_lock);
@@ -533,7 +516,7 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
 bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
   pn_raw_connection_t *raw = pn_event_raw_connection(e);
   if (raw) {
-    wd_amqp__tls_event(pn_event_type(e), raw);
+    wd_amqp__stream_event(pn_event_type(e), raw);
     return true;
   }
   pn_connection_t *pc = pn_event_connection(e);
@@ -544,9 +527,6 @@ bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
     return true;
   }
   switch (pn_event_type(e)) {
-    case PN_CONNECTION_BOUND:
-      if (c) on_connection_bound(c, pn_event_transport(e));
-      break;
     case PN_CONNECTION_REMOTE_OPEN:
       if (c) on_connection_remote_open(c);
       break;
@@ -653,12 +633,6 @@ void wd_amqp_run(wd_amqp_t *a) {
   }
 }
 
-int wd_amqp_driver_accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t) {
-  return wd_amqp__accept(a, pc, t, NULL) ? WD_OK : WD_ERR_NOMEM;
-}
-
-void wd_amqp_driver_event(wd_amqp_t *a, pn_event_t *e) { wd_amqp__handle(a, e); }
-
 int wd_amqp_driver_tls_init(wd_amqp_t *a, const char *cert_file, const char *key_file) {
   free((char *)a->cfg.tls_cert);
   free((char *)a->cfg.tls_key);
@@ -669,8 +643,8 @@ int wd_amqp_driver_tls_init(wd_amqp_t *a, const char *cert_file, const char *key
   return wd_amqp__tls_init(a);
 }
 
-void wd_amqp_driver_tls_accept(wd_amqp_t *a) { wd_amqp__tls_accept(a, NULL); }
+void wd_amqp_driver_accept(wd_amqp_t *a, bool tls) { wd_amqp__stream_accept(a, NULL, tls); }
 
-void wd_amqp_driver_tls_event(pn_raw_connection_t *raw, pn_event_type_t type) { wd_amqp__tls_event(type, raw); }
+void wd_amqp_driver_event(pn_raw_connection_t *raw, pn_event_type_t type) { wd_amqp__stream_event(type, raw); }
 
 size_t wd_amqp_driver_connections(wd_amqp_t *a) { return wd_amqp__conn_count(a); }

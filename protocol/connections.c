@@ -1,13 +1,11 @@
 /* The registry of live connections and the hand-off of work to them.
  *
- * Other threads never keep a pn_connection_t*: they name a connection by id
- * (or a device by its id) and post a job. Posting appends to the connection's
- * job list and wakes it (pn_connection_wake, or pn_raw_connection_wake for
- * TLS) while conns_lock is held; the
- * connection is removed from the registry under the same lock on
- * PN_TRANSPORT_CLOSED, after which Proton frees it. So a wake can never reach
- * a freed connection. Wakes coalesce, so each PN_CONNECTION_WAKE runs every
- * job queued so far. */
+ * Other threads never keep a connection's pointers: they name a connection by
+ * id (or a device by its id) and post a job. Posting appends to the
+ * connection's job list and wakes its raw connection while conns_lock is
+ * held; the connection is removed from the registry under the same lock
+ * before its raw connection is let go (stream.c). So a wake can never reach a
+ * freed connection. Wakes coalesce, so each wake runs every job queued so far. */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,11 +48,10 @@ void wd_amqp__conns_fini(wd_amqp_t *a) {
   pthread_mutex_destroy(&a->conns_lock);
 }
 
-wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connection_t *raw) {
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_raw_connection_t *raw) {
   wd_conn_t *c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->amqp = a;
-  c->pn = pn;
   c->raw = raw;
   atomic_store(&c->last_seen_ms, wd_now_ms());
   wd_metric_add(&wd_metrics.connections_accepted, 1);
@@ -64,12 +61,10 @@ wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connectio
   size_t b = hash_u64(c->id);
   c->by_id_next = a->by_id[b];
   a->by_id[b] = c;
-  if (raw) {
-    c->tls_next = a->tls_conns;
-    if (c->tls_next) c->tls_next->tls_pprev = &c->tls_next;
-    c->tls_pprev = &a->tls_conns;
-    a->tls_conns = c;
-  }
+  c->all_next = a->all;
+  if (c->all_next) c->all_next->all_pprev = &c->all_next;
+  c->all_pprev = &a->all;
+  a->all = c;
   a->n_conns++;
   pthread_mutex_unlock(&a->conns_lock);
   return c;
@@ -110,10 +105,7 @@ static void post_locked(wd_conn_t *c, wd_job_fn fn, void *arg, wd_job_t *job) {
   else
     c->jobs_head = job;
   c->jobs_tail = job;
-  if (c->raw)
-    pn_raw_connection_wake(c->raw);
-  else
-    pn_connection_wake(c->pn);
+  pn_raw_connection_wake(c->raw);
 }
 
 typedef struct {
@@ -187,10 +179,10 @@ void wd_amqp__conn_gone(wd_conn_t *c) {
   wd_conn_t **pp = &a->by_id[hash_u64(c->id)];
   while (*pp && *pp != c) pp = &(*pp)->by_id_next;
   if (*pp) *pp = c->by_id_next;
-  if (c->tls_pprev) {
-    *c->tls_pprev = c->tls_next;
-    if (c->tls_next) c->tls_next->tls_pprev = c->tls_pprev;
-    c->tls_pprev = NULL;
+  if (c->all_pprev) {
+    *c->all_pprev = c->all_next;
+    if (c->all_next) c->all_next->all_pprev = c->all_pprev;
+    c->all_pprev = NULL;
   }
   unlink_device_locked(c);
   if (c->in_consumer_list) {
@@ -488,7 +480,7 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
 
 void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
   pthread_mutex_lock(&a->conns_lock);
-  for (wd_conn_t *c = a->tls_conns; c; c = c->tls_next) {
+  for (wd_conn_t *c = a->all; c; c = c->all_next) {
     int64_t due = atomic_load(&c->tick_due_ms);
     if (due > 0 && due <= now) pn_raw_connection_wake(c->raw);
   }

@@ -273,9 +273,6 @@ const char *wd_frame_guard_feed(wd_frame_guard_t *g, const uint8_t *p, size_t n,
       why = "out of memory";
     }
   }
-  if (why)
-    g->phase = PH_FAILED;
-  else if (g->phase != PH_PROTOCOL)
-    g->amqp_started = true;
+  if (why) g->phase = PH_FAILED;
   return why;
 }

@@ -30,7 +30,6 @@
 #define WD_GUARD_WINDOW 256
 
 typedef struct {
-  bool amqp_started; /* Proton got the AMQP header: it can answer with a close frame */
   uint8_t phase;
   uint16_t channel;
   uint32_t have;      /* bytes gathered into `buf` for the current piece */

@@ -57,9 +57,10 @@ typedef struct wd_peer_addr {
 struct wd_conn {
   uint64_t id;
   wd_amqp_t *amqp;
-  pn_connection_t *pn; /* other threads use it only for pn_connection_wake, under conns_lock */
-  pn_raw_connection_t *raw; /* TLS: woken instead of pn (see tls.c); set before the connection is registered */
-  _Atomic int64_t tick_due_ms; /* TLS: when the engine's heartbeat or idle deadline next needs a tick; 0 none */
+  pn_connection_t *pn;      /* the engine's, once the peer has logged in; NULL before */
+  pn_raw_connection_t *raw; /* its socket (stream.c), woken for posted jobs */
+  _Atomic int64_t tick_due_ms; /* when the engine's heartbeat or idle deadline next needs a tick; 0 none */
+  bool tls;
   char remote[64];
   wd_identity_t who;
   _Atomic int64_t last_seen_ms;
@@ -77,8 +78,8 @@ struct wd_conn {
   wd_job_t *jobs_head, *jobs_tail;
   bool gone;                  /* transport closed: posts run discarded */
   wd_conn_t *by_id_next;      /* hash chain by id */
-  wd_conn_t *tls_next;        /* list of TLS connections, whose engine ticks warden drives */
-  wd_conn_t **tls_pprev;
+  wd_conn_t *all_next;        /* list of every connection, whose engine ticks warden drives */
+  wd_conn_t **all_pprev;
   wd_conn_t *by_device_next;  /* hash chain by device id, when is_device and registered */
   bool in_device_index;
   wd_conn_t *consumer_next;   /* list of connections that read telemetry */
@@ -128,6 +129,7 @@ struct wd_amqp {
 
   _Atomic bool stopping;
   _Atomic int inflight_commits; /* telemetry handed to the store, not yet settled */
+  _Atomic int streams;          /* raw connections accepted and not yet disconnected (stream.c) */
 
   pthread_mutex_t conns_lock;
   wd_conn_t **by_id;
@@ -139,7 +141,7 @@ struct wd_amqp {
   wd_conn_t *closing;
   wd_conn_t *throttled;
   wd_conn_t *idle_watch;
-  wd_conn_t *tls_conns; /* the 1 s tick scans these, not every connection */
+  wd_conn_t *all; /* every connection, for the 1 s tick (cheaper than the hash buckets) */
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
   _Atomic int64_t next_tick_ms;
@@ -153,8 +155,7 @@ struct wd_amqp {
 /* connections.c */
 int wd_amqp__conns_init(wd_amqp_t *a);
 void wd_amqp__conns_fini(wd_amqp_t *a);
-/* raw: a TLS connection's raw connection, NULL for one the proactor runs. */
-wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_connection_t *pn, pn_raw_connection_t *raw);
+wd_conn_t *wd_amqp__conn_new(wd_amqp_t *a, pn_raw_connection_t *raw);
 /* Registers the device connection, closing (by post) any older one of the same device. */
 void wd_amqp__conn_index_device(wd_conn_t *c);
 void wd_amqp__conn_add_consumer(wd_conn_t *c);
@@ -210,14 +211,22 @@ void wd_amqp__post_overdue(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 /* Closes the connection with a condition and logs why. On the connection's batch. */
 void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *description);
 
-/* sasl.c */
-void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls);
-/* The peer's address, for logs and per-address limits; call once bound. */
-void wd_amqp__sasl_set_peer(pn_transport_t *t, const char *ip, const char *remote);
+/* sasl.c: the login, before a connection has an engine. */
+typedef struct wd_sasl wd_sasl_t;
+typedef enum { WD_SASL_MORE, WD_SASL_DONE, WD_SASL_FAILED } wd_sasl_status_t;
+/* Sends bytes to the peer; < 0 when it cannot. */
+typedef int (*wd_sasl_send_fn)(void *arg, const uint8_t *p, size_t n);
+/* ip: the peer's address without port (per-address blocking); remote: with it, for logs. */
+wd_sasl_t *wd_amqp__sasl_new(wd_amqp_t *a, bool tls, const char *ip, const char *remote);
+void wd_amqp__sasl_free(wd_sasl_t *s);
 /* The SHA-256 thumbprint (lowercase hex) of the verified client certificate: offers EXTERNAL. */
-void wd_amqp__sasl_set_client_cert(pn_transport_t *t, const char *thumbprint);
-/* Copies the identity proven by SASL; false if none. */
-bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out);
+void wd_amqp__sasl_set_client_cert(wd_sasl_t *s, const char *thumbprint);
+/* Reads the plaintext the peer sent so far (p, n) and answers through send.
+ * *used: the bytes it is done with (whole frames). MORE: send the rest again
+ * with what follows. DONE: *who is the peer, and the bytes after *used belong
+ * to the AMQP layer. FAILED: close once the answer is sent. */
+wd_sasl_status_t wd_amqp__sasl_read(wd_sasl_t *s, const uint8_t *p, size_t n, size_t *used, wd_sasl_send_fn send,
+                                    void *arg, wd_identity_t *who);
 
 /* logs.c: device messages into logs; services reading logs. */
 /* Opens any link the peer sends on: a device writing a log, or anyone enqueueing. */
@@ -273,17 +282,24 @@ void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *des
 void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a);
 
 /* amqp.c */
-/* Registers an accepted connection and sets up its transport (SASL, limits);
- * raw for a TLS connection whose bytes tls.c decrypts. NULL when out of memory. */
-wd_conn_t *wd_amqp__accept(wd_amqp_t *a, pn_connection_t *pc, pn_transport_t *t, pn_raw_connection_t *raw);
-/* Handles one event of the proactor or of a TLS connection's engine. Returns false when this thread should stop. */
+/* Registers a connection the moment its socket is accepted and counts it
+ * against its source address (ip receives the address, 64 bytes). Sets
+ * c->closing when the address has too many connections: the caller closes
+ * it. NULL when out of memory. */
+wd_conn_t *wd_amqp__conn_accepted(wd_amqp_t *a, pn_raw_connection_t *raw, bool tls, char *ip);
+/* The peer logged in as c->who: sets up its engine's connection and transport (limits). */
+void wd_amqp__engine_start(wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t);
+/* Handles one event of the proactor or of a connection's engine. Returns false when this thread should stop. */
 bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e);
 
-/* tls.c */
+/* stream.c */
 int wd_amqp__tls_init(wd_amqp_t *a);
 void wd_amqp__tls_fini(wd_amqp_t *a);
-void wd_amqp__tls_accept(wd_amqp_t *a, pn_listener_t *l);
-void wd_amqp__tls_event(pn_event_type_t type, pn_raw_connection_t *raw);
+/* Accepts a connection on listener l (NULL: a test's, see driver.h). */
+void wd_amqp__stream_accept(wd_amqp_t *a, pn_listener_t *l, bool tls);
+void wd_amqp__stream_event(pn_event_type_t type, pn_raw_connection_t *raw);
+/* Stops reading and writing at once: no close frame, no waiting for the peer. */
+void wd_amqp__conn_abort_PT(wd_conn_t *c);
 
 void wd_amqp__link_ctx_release_PT(pn_link_t *link);
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);

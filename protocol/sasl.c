@@ -1,132 +1,67 @@
-/* Server-side SASL without Cyrus: PLAIN and EXTERNAL through Proton's plugin
- * interface (proton/sasl_plugin.h).
+/* warden's side of the SASL exchange (AMQP 1.0, part 5.3), on the bytes a
+ * peer sends before anything reaches Proton's engine: the protocol header,
+ * sasl-mechanisms, one sasl-init, and the outcome. A connection gets an
+ * engine only once the peer has logged in (protocol/stream.c), so an
+ * unauthenticated peer holds this state and its socket, not an engine.
  *
- * Proton calls every slot of the implementation without NULL checks, and a
- * peer can reach process_response in any state, so all 14 are filled. Proton
- * does not refuse PLAIN over cleartext on a server; list_mechanisms and
- * process_init do. pnx_sasl_set_succeeded keeps the user pointer it is given,
- * so the string lives in the context until `free`.
- *
- * The plugin also claims a SASL security layer, whose encode and decode leave
- * the bytes as they are: Proton then passes everything the peer sends after
- * SASL through `decode`, which is where the frame guard reads it before
- * Proton's engine does (protocol/frame_guard.h). */
+ * PLAIN and EXTERNAL have no second step: a sasl-response fails the login,
+ * and so does a second sasl-init. Frames are parsed with Proton's codec. */
 
-#include <proton/sasl.h>
-#include <proton/sasl_plugin.h>
+#include <proton/codec.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway/base/log.h"
-#include "protocol/frame_guard.h"
 #include "protocol/internal.h"
 #include "protocol/sas.h"
 
-typedef struct {
-  wd_amqp_t *amqp;
-  bool tls;
-  bool tried; /* a sasl-init was processed: one is all a connection gets */
-  wd_identity_t who;
-  wd_frame_guard_t guard;
-  char ip[64];     /* the peer's address without port, "?" until bound */
-  char remote[64]; /* with port, for logs */
-  char thumbprint[WD_THUMBPRINT_HEX + 1]; /* of a verified client certificate; "" when none */
-} sasl_ctx_t;
+/* AMQP's smallest max-frame-size, which SASL frames must fit (part 5.3.1);
+   twice that, for clients with long host names or tokens. */
+#define SASL_FRAME_MAX 1024
 
+enum { SASL_MECHANISMS = 0x40, SASL_INIT = 0x41, SASL_CHALLENGE = 0x42, SASL_RESPONSE = 0x43, SASL_OUTCOME = 0x44 };
+enum { OUTCOME_OK = 0, OUTCOME_AUTH = 1 };
+
+static const uint8_t sasl_header[8] = {'A', 'M', 'Q', 'P', 3, 1, 0, 0};
 static const char sas_prefix[] = "SharedAccessSignature ";
 
-static void s_free(pn_transport_t *t) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (!ctx) return;
-  wd_frame_guard_fini(&ctx->guard);
-  free(ctx);
+struct wd_sasl {
+  wd_amqp_t *amqp;
+  bool tls;
+  bool header_done;
+  char ip[64];     /* the peer's address without port */
+  char remote[64]; /* with port, for logs */
+  char thumbprint[WD_THUMBPRINT_HEX + 1]; /* of a verified client certificate; "" when none */
+};
+
+wd_sasl_t *wd_amqp__sasl_new(wd_amqp_t *a, bool tls, const char *ip, const char *remote) {
+  wd_sasl_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->amqp = a;
+  s->tls = tls;
+  snprintf(s->ip, sizeof s->ip, "%s", ip);
+  snprintf(s->remote, sizeof s->remote, "%s", remote);
+  return s;
 }
 
-static bool plain_allowed(const sasl_ctx_t *ctx) { return ctx->tls || ctx->amqp->cfg.dev_mode; }
+void wd_amqp__sasl_free(wd_sasl_t *s) { free(s); }
 
-static const char *s_list_mechanisms(pn_transport_t *t) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (!ctx) return "";
-  bool external = ctx->thumbprint[0] != '\0';
-  bool plain = plain_allowed(ctx);
-  if (external && plain) return "EXTERNAL PLAIN";
-  if (external) return "EXTERNAL";
-  if (plain) return "PLAIN";
-  return "";
+void wd_amqp__sasl_set_client_cert(wd_sasl_t *s, const char *thumbprint) {
+  snprintf(s->thumbprint, sizeof s->thumbprint, "%s", thumbprint);
 }
 
-static bool s_init_server(pn_transport_t *t) {
-  pnx_sasl_set_desired_state(t, SASL_POSTED_MECHANISMS);
-  return true;
-}
-
-static bool s_init_client(pn_transport_t *t) {
-  (void)t;
-  return false;
-}
-
-static void s_noop(pn_transport_t *t) { (void)t; }
-
-static void s_process_response(pn_transport_t *t, const pn_bytes_t *recv) {
-  (void)recv;
-  /* PLAIN and EXTERNAL have no second step: a response is a protocol error. */
-  pnx_sasl_set_failed(t);
-  pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
-}
-
-static bool s_process_mechanisms(pn_transport_t *t, const char *mechs) {
-  (void)t;
-  (void)mechs;
-  return false;
-}
-
-static void s_process_challenge(pn_transport_t *t, const pn_bytes_t *recv) {
-  (void)t;
-  (void)recv;
-}
-
-static bool s_can_encrypt(pn_transport_t *t) { return pnx_sasl_get_context(t) != NULL; }
-
-/* Only the size of the pieces encode and decode get; nothing is added to them. */
-static ssize_t s_max_encrypt_size(pn_transport_t *t) {
-  (void)t;
-  return 64 * 1024;
-}
-
-static ssize_t s_encode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
-  (void)t;
-  *out = in;
-  return (ssize_t)in.size;
-}
-
-static ssize_t s_decode(pn_transport_t *t, pn_bytes_t in, pn_bytes_t *out) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  const char *condition;
-  const char *why = wd_frame_guard_feed(&ctx->guard, (const uint8_t *)in.start, in.size, &condition);
-  if (why) {
-    wd_log("amqp", WD_LOG_WARNING, "closing the connection of '%s' from %s: %s", ctx->who.id, ctx->remote, why);
-    wd_metric_add(&wd_metrics.frames_refused, 1);
-    pn_condition_t *c = pn_transport_condition(t);
-    pn_condition_set_name(c, condition);
-    pn_condition_set_description(c, why);
-    /* Before the AMQP header Proton has no way to say why: the socket just closes. */
-    if (!ctx->guard.amqp_started) pn_transport_close_head(t);
-    return PN_EOS;
-  }
-  *out = in;
-  return (ssize_t)in.size;
-}
+static bool plain_allowed(const wd_sasl_t *s) { return s->tls || s->amqp->cfg.dev_mode; }
 
 /* Checks a service's secret. All services are compared, so timing does not say which names exist. */
 static bool verify_service(wd_amqp_t *a, const char *name, const char *secret, wd_identity_t *who) {
   bool ok = false;
   for (size_t i = 0; i < a->cfg.n_services; i++) {
-    const wd_amqp_service_t *s = &a->cfg.services[i];
-    if (strcmp(s->name, name) != 0 || !s->secret || !s->secret[0]) continue;
-    if (wd_secure_equal(s->secret, strlen(s->secret), secret, strlen(secret))) {
+    const wd_amqp_service_t *svc = &a->cfg.services[i];
+    if (strcmp(svc->name, name) != 0 || !svc->secret || !svc->secret[0]) continue;
+    if (wd_secure_equal(svc->secret, strlen(svc->secret), secret, strlen(secret))) {
       ok = true;
-      who->scopes = s->scopes;
+      who->scopes = svc->scopes;
     }
   }
   if (ok) {
@@ -175,11 +110,11 @@ static bool verify_device(wd_amqp_t *a, const char *id, const char *password, wd
 
 static bool verify_thumbprint(wd_amqp_t *a, const char *thumbprint, wd_identity_t *who, const char **why) {
   for (size_t i = 0; i < a->cfg.n_services; i++) {
-    const wd_amqp_service_t *s = &a->cfg.services[i];
-    if (s->thumbprint && strcmp(s->thumbprint, thumbprint) == 0) {
+    const wd_amqp_service_t *svc = &a->cfg.services[i];
+    if (svc->thumbprint && strcmp(svc->thumbprint, thumbprint) == 0) {
       who->is_device = false;
-      who->scopes = s->scopes;
-      snprintf(who->id, sizeof who->id, "%s", s->name);
+      who->scopes = svc->scopes;
+      snprintf(who->id, sizeof who->id, "%s", svc->name);
       return true;
     }
   }
@@ -201,133 +136,195 @@ static bool verify_thumbprint(wd_amqp_t *a, const char *thumbprint, wd_identity_
   return ok;
 }
 
-static void s_process_init(pn_transport_t *t, const char *mech, const pn_bytes_t *recv) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (!ctx) {
-    pnx_sasl_set_failed(t);
-    pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
-    return;
-  }
-  wd_amqp_t *a = ctx->amqp;
-  /* Proton 0.37 hands over every sasl-init, even after the outcome (and leaks
-     a little each time): a second one ends the connection. */
-  if (ctx->tried) {
-    pnx_sasl_error(t, "more than one sasl-init", "amqp:connection:framing-error");
-    return;
-  }
-  ctx->tried = true;
-  wd_identity_t who = {0};
+/* PLAIN's response: [authzid] NUL authcid NUL password. */
+static bool login_plain(wd_sasl_t *s, pn_bytes_t resp, char *user, wd_identity_t *who, const char **why) {
+  wd_amqp_t *a = s->amqp;
+  const char *p = resp.start, *end = resp.size ? p + resp.size : p; /* no response: start may be NULL */
+  const char *z1 = resp.size ? memchr(p, 0, resp.size) : NULL;
+  const char *z2 = z1 ? memchr(z1 + 1, 0, (size_t)(end - z1 - 1)) : NULL;
+  *why = "malformed PLAIN response";
+  size_t ulen = z2 ? (size_t)(z2 - z1 - 1) : 0;
+  if (!z2 || ulen == 0 || ulen > WD_ID_MAX || memchr(z2 + 1, 0, (size_t)(end - z2 - 1))) return false;
+  memcpy(user, z1 + 1, ulen);
+  user[ulen] = '\0';
+  char *password = strndup(z2 + 1, (size_t)(end - z2 - 1));
+  if (!password) return false;
+  bool ok = false;
+  *why = "wrong secret";
+  if (wd_amqp_is_service(a, user))
+    ok = verify_service(a, user, password, who);
+  else if (wd_id_valid(user))
+    ok = verify_device(a, user, password, who, why);
+  else
+    *why = "invalid user name";
+  explicit_bzero(password, strlen(password));
+  free(password);
+  return ok;
+}
+
+static bool login(wd_sasl_t *s, pn_bytes_t mech, pn_bytes_t resp, wd_identity_t *who) {
+  wd_amqp_t *a = s->amqp;
   const char *why = "mechanism not offered";
   char user[WD_ID_MAX + 1] = "";
   bool ok = false;
-  const char *ip = ctx->ip;
-  if (wd_amqp__addr_blocked(a, ip)) {
+  bool plain = mech.size == 5 && memcmp(mech.start, "PLAIN", 5) == 0;
+  bool external = mech.size == 8 && memcmp(mech.start, "EXTERNAL", 8) == 0;
+  if (wd_amqp__addr_blocked(a, s->ip)) {
     /* Refused without looking at the credentials: guessing gains nothing. */
     why = "address blocked after repeated failed logins";
-  } else if (strcmp(mech, "PLAIN") == 0 && plain_allowed(ctx)) {
-    /* [authzid] NUL authcid NUL password */
-    const char *p = recv->start, *end = recv->size ? p + recv->size : p; /* no response: start may be NULL */
-    const char *z1 = recv->size ? memchr(p, 0, recv->size) : NULL;
-    const char *z2 = z1 ? memchr(z1 + 1, 0, (size_t)(end - z1 - 1)) : NULL;
-    why = "malformed PLAIN response";
-    size_t ulen = z2 ? (size_t)(z2 - z1 - 1) : 0;
-    if (z2 && ulen > 0 && ulen <= WD_ID_MAX && !memchr(z2 + 1, 0, (size_t)(end - z2 - 1))) {
-      memcpy(user, z1 + 1, ulen);
-      user[ulen] = '\0';
-      char *password = strndup(z2 + 1, (size_t)(end - z2 - 1));
-      if (password) {
-        why = "wrong secret";
-        mech = "PLAIN";
-        if (wd_amqp_is_service(a, user))
-          ok = verify_service(a, user, password, &who);
-        else if (wd_id_valid(user))
-          ok = verify_device(a, user, password, &who, &why);
-        else
-          why = "invalid user name";
-        explicit_bzero(password, strlen(password));
-        free(password);
-      }
-    }
-  } else if (strcmp(mech, "EXTERNAL") == 0 && ctx->thumbprint[0]) {
-    snprintf(user, sizeof user, "%s", ctx->thumbprint);
-    ok = verify_thumbprint(a, ctx->thumbprint, &who, &why);
+  } else if (plain && plain_allowed(s)) {
+    ok = login_plain(s, resp, user, who, &why);
+  } else if (external && s->thumbprint[0]) {
+    snprintf(user, sizeof user, "%s", s->thumbprint);
+    ok = verify_thumbprint(a, s->thumbprint, who, &why);
   }
-
-  const char *addr = ctx->remote;
   if (ok) {
-    who.authenticated = true;
-    who.mech = strcmp(mech, "PLAIN") == 0 ? "PLAIN" : "EXTERNAL";
-    ctx->who = who;
-    wd_log("amqp", WD_LOG_DEBUG, "authenticated %s '%s' from %s with %s", who.is_device ? "device" : "service",
-           who.id, addr, who.mech);
-    pnx_sasl_set_succeeded(t, ctx->who.id, ctx->who.id);
+    who->authenticated = true;
+    who->mech = plain ? "PLAIN" : "EXTERNAL";
+    wd_log("amqp", WD_LOG_DEBUG, "authenticated %s '%s' from %s with %s", who->is_device ? "device" : "service",
+           who->id, s->remote, who->mech);
   } else {
-    wd_log("amqp", WD_LOG_WARNING, "authentication failed for '%s' from %s: %s", user, addr, why);
+    wd_log("amqp", WD_LOG_WARNING, "authentication failed for '%s' from %s: %s", user, s->remote, why);
     wd_metric_add(&wd_metrics.auth_failures, 1);
-    wd_amqp__auth_failed(a, ip);
-    pnx_sasl_set_failed(t);
+    wd_amqp__auth_failed(a, s->ip);
   }
-  pnx_sasl_set_desired_state(t, SASL_POSTED_OUTCOME);
-  /* Bytes that came with the sasl-init (a client may pipeline its AMQP header
-     and frames) would go straight to Proton's AMQP layer, past `decode`, until
-     the outcome is written; writing it now puts the security layer - and so
-     the frame guard - in front of them. */
-  if (ok) pn_transport_pending(t);
+  return ok;
 }
 
-static void s_process_outcome(pn_transport_t *t, const pn_bytes_t *recv) {
-  (void)t;
-  (void)recv;
+/* Writes one SASL frame whose body is data's single value. */
+static int send_frame(pn_data_t *data, wd_sasl_send_fn send, void *arg) {
+  uint8_t frame[256];
+  ssize_t n = pn_data_encode(data, (char *)frame + 8, sizeof frame - 8);
+  if (n < 0) return WD_ERR_NOMEM;
+  uint32_t size = (uint32_t)n + 8;
+  frame[0] = (uint8_t)(size >> 24);
+  frame[1] = (uint8_t)(size >> 16);
+  frame[2] = (uint8_t)(size >> 8);
+  frame[3] = (uint8_t)size;
+  frame[4] = 2; /* doff: the header's 8 bytes */
+  frame[5] = 1; /* SASL */
+  frame[6] = frame[7] = 0;
+  return send(arg, frame, size);
 }
 
-static const pnx_sasl_implementation warden_sasl = {
-    .free = s_free,
-    .list_mechanisms = s_list_mechanisms,
-    .init_server = s_init_server,
-    .init_client = s_init_client,
-    .prepare_write = s_noop,
-    .process_init = s_process_init,
-    .process_response = s_process_response,
-    .process_mechanisms = s_process_mechanisms,
-    .process_challenge = s_process_challenge,
-    .process_outcome = s_process_outcome,
-    .can_encrypt = s_can_encrypt,
-    .max_encrypt_size = s_max_encrypt_size,
-    .encode = s_encode,
-    .decode = s_decode,
-};
+static int send_mechanisms(wd_sasl_t *s, wd_sasl_send_fn send, void *arg) {
+  pn_data_t *d = pn_data(8);
+  if (!d) return WD_ERR_NOMEM;
+  pn_data_put_described(d);
+  pn_data_enter(d);
+  pn_data_put_ulong(d, SASL_MECHANISMS);
+  pn_data_put_list(d);
+  pn_data_enter(d);
+  pn_data_put_array(d, false, PN_SYMBOL);
+  pn_data_enter(d);
+  if (s->thumbprint[0]) pn_data_put_symbol(d, pn_bytes(8, "EXTERNAL"));
+  if (plain_allowed(s)) pn_data_put_symbol(d, pn_bytes(5, "PLAIN"));
+  pn_data_exit(d);
+  pn_data_exit(d);
+  pn_data_exit(d);
+  int rc = send_frame(d, send, arg);
+  pn_data_free(d);
+  return rc;
+}
 
-void wd_amqp__sasl_install(wd_amqp_t *a, pn_transport_t *t, bool tls) {
-  sasl_ctx_t *ctx = calloc(1, sizeof *ctx);
-  pn_sasl_t *sasl = pn_sasl(t); /* after pn_transport_set_server: the role is fixed at creation */
-  pn_sasl_allowed_mechs(sasl, "PLAIN EXTERNAL");
-  if (ctx) {
-    ctx->amqp = a;
-    ctx->tls = tls;
-    snprintf(ctx->ip, sizeof ctx->ip, "?");
-    snprintf(ctx->remote, sizeof ctx->remote, "?");
-    wd_frame_guard_init(&ctx->guard);
+static int send_outcome(uint8_t code, wd_sasl_send_fn send, void *arg) {
+  pn_data_t *d = pn_data(4);
+  if (!d) return WD_ERR_NOMEM;
+  pn_data_put_described(d);
+  pn_data_enter(d);
+  pn_data_put_ulong(d, SASL_OUTCOME);
+  pn_data_put_list(d);
+  pn_data_enter(d);
+  pn_data_put_ubyte(d, code);
+  pn_data_exit(d);
+  pn_data_exit(d);
+  int rc = send_frame(d, send, arg);
+  pn_data_free(d);
+  return rc;
+}
+
+/* The performative in a SASL frame body: its code, and for sasl-init the
+ * mechanism and response (pointing into body). -1 when it is none. */
+static int parse_performative(pn_data_t *d, const uint8_t *body, size_t len, pn_bytes_t *mech, pn_bytes_t *resp) {
+  if (pn_data_decode(d, (const char *)body, len) != (ssize_t)len) return -1;
+  pn_data_rewind(d);
+  if (!pn_data_next(d) || pn_data_type(d) != PN_DESCRIBED || !pn_data_enter(d) || !pn_data_next(d)) return -1;
+  int code = -1;
+  if (pn_data_type(d) == PN_ULONG) {
+    uint64_t v = pn_data_get_ulong(d);
+    code = v >= SASL_MECHANISMS && v <= SASL_OUTCOME ? (int)v : -1;
+  } else if (pn_data_type(d) == PN_SYMBOL) {
+    static const char *const names[] = {"amqp:sasl-mechanisms:list", "amqp:sasl-init:list",
+                                        "amqp:sasl-challenge:list", "amqp:sasl-response:list",
+                                        "amqp:sasl-outcome:list"};
+    pn_bytes_t sym = pn_data_get_symbol(d);
+    for (int i = 0; i < 5; i++)
+      if (sym.size == strlen(names[i]) && memcmp(sym.start, names[i], sym.size) == 0) code = SASL_MECHANISMS + i;
   }
-  /* With no context every login fails in process_init's absence: refuse all. */
-  pnx_sasl_set_implementation(t, &warden_sasl, ctx);
-  pn_transport_require_auth(t, true);
+  if (code != SASL_INIT) return code;
+  /* pn_data_decode copied the values; pn_bytes_t point into d, valid until its next use. */
+  if (!pn_data_next(d) || pn_data_type(d) != PN_LIST || !pn_data_enter(d)) return -1;
+  if (!pn_data_next(d) || pn_data_type(d) != PN_SYMBOL) return -1; /* the mechanism is mandatory */
+  *mech = pn_data_get_symbol(d);
+  *resp = (pn_bytes_t){0, NULL};
+  if (pn_data_next(d)) {
+    if (pn_data_type(d) == PN_BINARY)
+      *resp = pn_data_get_binary(d);
+    else if (pn_data_type(d) != PN_NULL)
+      return -1;
+  }
+  return code;
 }
 
-void wd_amqp__sasl_set_peer(pn_transport_t *t, const char *ip, const char *remote) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (!ctx) return;
-  snprintf(ctx->ip, sizeof ctx->ip, "%s", ip);
-  snprintf(ctx->remote, sizeof ctx->remote, "%s", remote);
-}
+static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 
-void wd_amqp__sasl_set_client_cert(pn_transport_t *t, const char *thumbprint) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (ctx) snprintf(ctx->thumbprint, sizeof ctx->thumbprint, "%s", thumbprint);
-}
-
-bool wd_amqp__sasl_identity(pn_transport_t *t, wd_identity_t *out) {
-  sasl_ctx_t *ctx = pnx_sasl_get_context(t);
-  if (!ctx || !ctx->who.authenticated || !pn_transport_is_authenticated(t)) return false;
-  *out = ctx->who;
-  return true;
+wd_sasl_status_t wd_amqp__sasl_read(wd_sasl_t *s, const uint8_t *p, size_t n, size_t *used, wd_sasl_send_fn send,
+                                    void *arg, wd_identity_t *who) {
+  size_t at = 0;
+  *used = 0;
+  if (!s->header_done) {
+    if (n < 8) return WD_SASL_MORE;
+    /* Whatever the peer asked for, the answer is the one header warden speaks before a login. */
+    if (send(arg, sasl_header, sizeof sasl_header) < 0) return WD_SASL_FAILED;
+    if (memcmp(p, sasl_header, 8) != 0) {
+      wd_log("amqp", WD_LOG_INFO, "refused a connection from %s: it did not start with the SASL header%s", s->remote,
+             memcmp(p, "AMQP", 4) == 0 ? " (a login is required)" : "");
+      return WD_SASL_FAILED;
+    }
+    s->header_done = true;
+    at = 8;
+    if (send_mechanisms(s, send, arg) < 0) return WD_SASL_FAILED;
+  }
+  for (;;) {
+    *used = at;
+    if (n - at < 8) return WD_SASL_MORE;
+    const uint8_t *f = p + at;
+    uint32_t size = be32(f);
+    if (size < 8 || size > SASL_FRAME_MAX || f[4] < 2 || (uint32_t)f[4] * 4 > size || f[5] != 1) {
+      wd_log("amqp", WD_LOG_INFO, "refused a connection from %s: malformed SASL frame", s->remote);
+      return WD_SASL_FAILED;
+    }
+    if (n - at < size) return WD_SASL_MORE;
+    at += size;
+    size_t body_len = size - (size_t)f[4] * 4;
+    if (body_len == 0) continue; /* an empty frame keeps the connection alive */
+    pn_data_t *d = pn_data(8);
+    if (!d) return WD_SASL_FAILED;
+    pn_bytes_t mech = {0, NULL}, resp = {0, NULL};
+    int code = parse_performative(d, f + (size_t)f[4] * 4, body_len, &mech, &resp);
+    bool ok = false;
+    if (code == SASL_INIT) {
+      wd_identity_t id = {0};
+      ok = login(s, mech, resp, &id);
+      if (ok) *who = id;
+      explicit_bzero(&id, sizeof id);
+    } else {
+      wd_log("amqp", WD_LOG_INFO, "refused a connection from %s: %s", s->remote,
+             code == SASL_RESPONSE ? "a SASL response where no challenge was sent" : "not a sasl-init");
+    }
+    pn_data_free(d);
+    *used = at;
+    if (send_outcome(ok ? OUTCOME_OK : OUTCOME_AUTH, send, arg) < 0) return WD_SASL_FAILED;
+    return ok ? WD_SASL_DONE : WD_SASL_FAILED;
+  }
 }

@@ -1,22 +1,24 @@
 #ifndef WD_FUZZ_AMQP_HARNESS_H
 #define WD_FUZZ_AMQP_HARNESS_H
 
-/* One warden AMQP server without sockets, for fuzz_amqp and fuzz_seedgen: a
- * store in a temporary directory, a wd_amqp_t with no listeners, and
- * connections whose bytes the caller moves through a pn_connection_driver
- * into warden's own handlers (protocol/driver.h).
+/* One warden AMQP server without sockets, for fuzz_amqp, fuzz_tls and
+ * fuzz_seedgen: a store in a temporary directory, a wd_amqp_t with no
+ * listeners, and connections whose bytes the caller moves through a fake raw
+ * connection into warden's own handlers (protocol/driver.h).
  *
  * Store writes finish on the store's writer thread, which hands their results
- * to the connection as posted jobs and calls pn_connection_wake - a no-op for
- * a connection no proactor owns. So after each round of events that may have
- * written to the store, the harness waits for the writer to get past a write
- * of its own (the writer runs callbacks in submission order) and then puts a
- * PN_CONNECTION_WAKE on the connection itself: settlements, egress pumps and
- * closes then run inside the same input, as they would on a real connection.
+ * to the connection as posted jobs and wakes its raw connection - which only
+ * sets a flag on the fake. So after a round that may have written to the
+ * store, the harness waits for the writer to get past a write of its own (the
+ * writer runs callbacks in submission order) and then delivers the wake:
+ * settlements, egress pumps and closes then run inside the same input, as
+ * they would on a real connection.
  *
  * Single-threaded: one connection at a time. */
 
 #include <proton/connection_driver.h>
+#include <proton/raw_connection.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,29 +69,75 @@ const uint8_t *fh_device_key(void);
  * header starts. NULL for FH_RAW. */
 const uint8_t *fh_prefix(fh_mode_t mode, size_t *len, size_t *sasl_len);
 
-/* One accepted connection. */
+/* The raw connection warden is given: Proton's is replaced at link time
+ * (-Wl,--wrap, see CMakeLists.txt) by this fake, so the harness decides how
+ * bytes arrive, when warden's writes complete and how the connection ends,
+ * and delivers the raw connection's events itself. One at a time. */
+#define FH_WRITE_SLOTS 16 /* write buffers the fake takes at once */
 typedef struct {
-  pn_connection_driver_t d;
-  bool store_work; /* events since the last settle that may have written to the store */
-  bool closed;     /* PN_TRANSPORT_CLOSED handled */
-  int barriers;    /* store round trips so far; bounded per connection */
+  void *context;
+  pn_raw_buffer_t rbuf; /* the read buffer warden gave */
+  bool rbuf_given, rbuf_filled;
+  pn_raw_buffer_t writes[FH_WRITE_SLOTS]; /* handed to us, not yet written */
+  size_t n_writes;
+  pn_raw_buffer_t written[FH_WRITE_SLOTS]; /* written, for warden to take back */
+  size_t n_written;
+  bool read_close_asked, write_close_asked;
+  bool read_closed, write_closed; /* CLOSED_READ / CLOSED_WRITE delivered */
+  atomic_bool woken;
+} fh_raw_t;
+
+/* The live one, from warden's pn_raw_connection() until fh_raw_disconnect. */
+extern fh_raw_t *fh_raw;
+
+/* Accepts a connection (plain or TLS) and delivers CONNECTED. */
+void fh_raw_accept(bool tls);
+
+/* Delivers one event to warden. */
+void fh_raw_event(pn_event_type_t type);
+
+/* Delivers what warden asked for, as Proton would: wakes, and the close of a
+ * half (the write half once everything handed out before was written).
+ * Returns whether it delivered anything. */
+bool fh_raw_answer(void);
+
+/* Fills warden's read buffers from p, `chunk` bytes at most per read (0: as
+ * much as a buffer holds), a READ event each. Returns the bytes taken: fewer
+ * than n once warden reads no more. */
+size_t fh_raw_deliver(const uint8_t *p, size_t n, size_t chunk);
+
+/* Writes everything warden handed out to sink (NULL: discarded), then
+ * delivers WRITTEN. Returns whether there was anything. */
+typedef void (*fh_sink_fn)(void *arg, const uint8_t *data, size_t len);
+bool fh_raw_complete_writes(fh_sink_fn sink, void *arg);
+
+/* The peer is gone: delivers the closed halves, DRAIN_BUFFERS and
+ * DISCONNECTED, checks that warden took back every buffer and left nothing
+ * in its registry, and frees the fake. */
+void fh_raw_disconnect(void);
+
+/* One accepted plain connection, on fh_raw. */
+typedef struct {
+  int barriers; /* store round trips so far; bounded per connection */
 } fh_server_t;
 
-/* Accepts a connection through wd_amqp_driver_accept. Returns 0 or < 0. */
+/* Accepts a plain connection. Returns 0 or < 0. */
 int fh_server_start(fh_server_t *s);
 
-/* Handles every pending event, then lets store work come back as posted jobs. */
+/* Answers warden until it asks for nothing more, letting store work come
+ * back as posted jobs in between. */
 void fh_server_events(fh_server_t *s);
 
-/* Offers bytes to the transport; returns how many it took (0: it takes no more). */
+/* Offers bytes to warden; returns how many it took (0: it reads no more). */
 size_t fh_server_read(fh_server_t *s, const uint8_t *data, size_t len);
 
 /* Takes what the server wrote. sink may be NULL (discarded). */
-typedef void (*fh_sink_fn)(void *arg, const uint8_t *data, size_t len);
 void fh_server_write(fh_server_t *s, fh_sink_fn sink, void *arg);
 
-/* The peer goes away: closes both directions, handles the remaining events
- * (PN_TRANSPORT_CLOSED frees warden's connection state) and frees the driver. */
+/* True once warden has closed its write side: it will say nothing more. */
+bool fh_server_write_closed(const fh_server_t *s);
+
+/* The peer goes away (fh_raw_disconnect). */
 void fh_server_finish(fh_server_t *s);
 
 /* Serves one whole connection: the prefix of `mode`, then `data` in pieces,

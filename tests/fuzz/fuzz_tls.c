@@ -1,10 +1,9 @@
-/* libFuzzer target: a TLS peer, through warden's own TLS layer (protocol/tls.c)
+/* libFuzzer target: a TLS peer, through warden's own TLS layer (protocol/stream.c)
  * into its AMQP handlers.
  *
- * Proton's raw connection is replaced at link time (-Wl,--wrap, see
- * CMakeLists.txt) by the fake below, so the harness decides how bytes arrive,
- * when warden's writes complete and how the connection ends, and delivers the
- * raw connection's events itself. The peer is a real OpenSSL client over
+ * Proton's raw connection is replaced by the harness's fake (amqp_harness.h),
+ * so the input decides how bytes arrive, when warden's writes complete and
+ * how the connection ends. The peer is a real OpenSSL client over
  * memory BIOs: it completes the handshake, so the input reaches the engine as
  * plaintext inside valid records, unless the input says to flip a byte of the
  * ciphertext.
@@ -17,7 +16,7 @@
  *                  (fh_frame_len), letting warden answer in between
  *   c1 & 3         read buffers filled 1, 7 or 300 bytes at a time, or full
  *   (c1 >> 2) & 3  warden's writes complete: at once; every other round;
- *                  only once 4 are queued; not until the end (so that tls.c
+ *                  only once 4 are queued; not until the end (so that stream.c
  *                  meets its limits on what it hands out)
  *   (c1 >> 4) & 3  the end: close_notify then end of stream; end of stream;
  *                  a reset; the peer stops and lets warden act first
@@ -49,120 +48,8 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define WRITE_SLOTS 16  /* write buffers the fake takes at once */
 #define ROUNDS_MAX 4000 /* bound on one input's pumping */
 #define BARRIERS_MAX 8  /* store round trips per input */
-
-/* ------------------------------------------------------ the raw connection */
-
-typedef struct {
-  void *context;
-  pn_raw_buffer_t rbuf; /* the read buffer warden gave */
-  bool rbuf_given, rbuf_filled;
-  pn_raw_buffer_t writes[WRITE_SLOTS]; /* handed to us, not yet written */
-  size_t n_writes;
-  pn_raw_buffer_t written[WRITE_SLOTS]; /* written, for warden to take back */
-  size_t n_written;
-  bool read_close_asked, write_close_asked;
-  bool read_closed, write_closed; /* CLOSED_READ / CLOSED_WRITE delivered */
-  atomic_bool woken;
-} fake_raw_t;
-
-static fake_raw_t *fake; /* one connection at a time */
-
-pn_raw_connection_t *__wrap_pn_raw_connection(void);
-void __wrap_pn_listener_raw_accept(pn_listener_t *l, pn_raw_connection_t *raw);
-void __wrap_pn_raw_connection_set_context(pn_raw_connection_t *raw, void *context);
-void *__wrap_pn_raw_connection_get_context(pn_raw_connection_t *raw);
-const struct pn_netaddr_t *__wrap_pn_raw_connection_remote_addr(pn_raw_connection_t *raw);
-size_t __wrap_pn_raw_connection_give_read_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t const *b, size_t n);
-size_t __wrap_pn_raw_connection_take_read_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t *b, size_t n);
-size_t __wrap_pn_raw_connection_write_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t const *b, size_t n);
-size_t __wrap_pn_raw_connection_take_written_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t *b, size_t n);
-size_t __wrap_pn_raw_connection_write_buffers_capacity(pn_raw_connection_t *raw);
-void __wrap_pn_raw_connection_close(pn_raw_connection_t *raw);
-void __wrap_pn_raw_connection_read_close(pn_raw_connection_t *raw);
-void __wrap_pn_raw_connection_write_close(pn_raw_connection_t *raw);
-void __wrap_pn_raw_connection_wake(pn_raw_connection_t *raw);
-
-static fake_raw_t *of(pn_raw_connection_t *raw) {
-  CHECK((fake_raw_t *)raw == fake && fake, "warden used a raw connection that is gone");
-  return fake;
-}
-
-pn_raw_connection_t *__wrap_pn_raw_connection(void) {
-  CHECK(!fake, "a second raw connection while one is live");
-  fake = calloc(1, sizeof *fake);
-  return (pn_raw_connection_t *)fake;
-}
-
-void __wrap_pn_listener_raw_accept(pn_listener_t *l, pn_raw_connection_t *raw) {
-  (void)l;
-  (void)of(raw);
-}
-
-void __wrap_pn_raw_connection_set_context(pn_raw_connection_t *raw, void *context) { of(raw)->context = context; }
-
-void *__wrap_pn_raw_connection_get_context(pn_raw_connection_t *raw) { return of(raw)->context; }
-
-const struct pn_netaddr_t *__wrap_pn_raw_connection_remote_addr(pn_raw_connection_t *raw) {
-  (void)of(raw);
-  return NULL;
-}
-
-size_t __wrap_pn_raw_connection_give_read_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t const *b, size_t n) {
-  fake_raw_t *f = of(raw);
-  if (n == 0 || f->rbuf_given || f->read_close_asked) return 0;
-  CHECK(b[0].bytes && b[0].capacity > 0, "warden gave an empty read buffer");
-  f->rbuf = b[0];
-  f->rbuf.size = f->rbuf.offset = 0;
-  f->rbuf_given = true;
-  f->rbuf_filled = false;
-  return 1;
-}
-
-/* Read buffers come back filled after a read, or unread once reading has ended. */
-size_t __wrap_pn_raw_connection_take_read_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t *b, size_t n) {
-  fake_raw_t *f = of(raw);
-  if (n == 0 || !f->rbuf_given || !(f->rbuf_filled || f->read_closed)) return 0;
-  b[0] = f->rbuf;
-  f->rbuf_given = f->rbuf_filled = false;
-  return 1;
-}
-
-size_t __wrap_pn_raw_connection_write_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t const *b, size_t n) {
-  fake_raw_t *f = of(raw);
-  CHECK(!f->write_close_asked, "warden wrote after closing its side");
-  size_t took = 0;
-  for (; took < n && f->n_writes < WRITE_SLOTS; took++) f->writes[f->n_writes++] = b[took];
-  return took;
-}
-
-size_t __wrap_pn_raw_connection_take_written_buffers(pn_raw_connection_t *raw, pn_raw_buffer_t *b, size_t n) {
-  fake_raw_t *f = of(raw);
-  size_t k = n < f->n_written ? n : f->n_written;
-  memcpy(b, f->written, k * sizeof *b);
-  memmove(f->written, f->written + k, (f->n_written - k) * sizeof *b);
-  f->n_written -= k;
-  return k;
-}
-
-size_t __wrap_pn_raw_connection_write_buffers_capacity(pn_raw_connection_t *raw) {
-  fake_raw_t *f = of(raw);
-  return f->write_close_asked ? 0 : WRITE_SLOTS - f->n_writes;
-}
-
-void __wrap_pn_raw_connection_read_close(pn_raw_connection_t *raw) { of(raw)->read_close_asked = true; }
-
-void __wrap_pn_raw_connection_write_close(pn_raw_connection_t *raw) { of(raw)->write_close_asked = true; }
-
-void __wrap_pn_raw_connection_close(pn_raw_connection_t *raw) {
-  fake_raw_t *f = of(raw);
-  f->read_close_asked = f->write_close_asked = true;
-}
-
-/* Called from the store's writer thread, under warden's registry lock. */
-void __wrap_pn_raw_connection_wake(pn_raw_connection_t *raw) { atomic_store(&((fake_raw_t *)raw)->woken, true); }
 
 /* ------------------------------------------------------------- the client */
 
@@ -171,7 +58,7 @@ static struct {
   char dir[256]; /* warden's certificate and key */
 } T;
 
-/* A self-signed P-256 certificate and key for warden, in files (tls.c loads files). */
+/* A self-signed P-256 certificate and key for warden, in files (stream.c loads files). */
 static int write_server_identity(char *cert_path, char *key_path, size_t cap) {
   EVP_PKEY *key = EVP_EC_gen("P-256");
   X509 *cert = X509_new();
@@ -231,45 +118,16 @@ typedef struct {
   long round;
 } peer_t;
 
-static void event(pn_event_type_t type) { wd_amqp_driver_tls_event((pn_raw_connection_t *)fake, type); }
-
-/* Delivers what warden asked for, as Proton would: wakes, and the close of a
- * half (the write half once everything handed out before was written).
- * Returns whether it delivered anything. */
-static bool answer_warden(void) {
-  bool delivered = false;
-  if (atomic_exchange(&fake->woken, false)) {
-    event(PN_RAW_CONNECTION_WAKE);
-    delivered = true;
-  }
-  if (fake->read_close_asked && !fake->read_closed) {
-    fake->read_closed = true;
-    event(PN_RAW_CONNECTION_CLOSED_READ);
-    delivered = true;
-  }
-  if (fake->write_close_asked && !fake->write_closed && fake->n_writes == 0) {
-    fake->write_closed = true;
-    event(PN_RAW_CONNECTION_CLOSED_WRITE);
-    delivered = true;
-  }
-  return delivered;
+static void to_client(void *arg, const uint8_t *p, size_t n) {
+  peer_t *peer = arg;
+  BIO_write(peer->to_client, p, (int)n);
 }
 
 /* Moves warden's written ciphertext to the client, as the policy allows. */
 static bool complete_writes(peer_t *p, bool all) {
   bool now = all || p->write_policy == 0 || (p->write_policy == 1 && (p->round & 1)) ||
-             (p->write_policy == 2 && fake->n_writes >= 4);
-  if (!now || fake->n_writes == 0) return false;
-  for (size_t i = 0; i < fake->n_writes; i++) {
-    const pn_raw_buffer_t *b = &fake->writes[i];
-    CHECK(b->offset + b->size <= b->capacity, "a write buffer past its capacity");
-    if (b->size) BIO_write(p->to_client, b->bytes + b->offset, (int)b->size);
-    CHECK(fake->n_written < WRITE_SLOTS, "warden left %zu written buffers untaken", fake->n_written);
-    fake->written[fake->n_written++] = *b;
-  }
-  fake->n_writes = 0;
-  event(PN_RAW_CONNECTION_WRITTEN);
-  return true;
+             (p->write_policy == 2 && fh_raw->n_writes >= 4);
+  return now && fh_raw_complete_writes(to_client, p);
 }
 
 /* Collects what the client wrote, flipping the chosen byte. */
@@ -294,20 +152,10 @@ static void collect_client_output(peer_t *p) {
 
 /* Fills warden's read buffer from the pending ciphertext, one read at a time. */
 static bool deliver_reads(peer_t *p) {
-  bool moved = false;
-  while (p->pending_len > 0 && fake->rbuf_given && !fake->read_close_asked && !fake->read_closed) {
-    size_t n = fake->rbuf.capacity;
-    if (p->read_chunk && p->read_chunk < n) n = p->read_chunk;
-    if (n > p->pending_len) n = p->pending_len;
-    memcpy(fake->rbuf.bytes, p->pending, n);
-    memmove(p->pending, p->pending + n, p->pending_len - n);
-    p->pending_len -= n;
-    fake->rbuf.size = (uint32_t)n;
-    fake->rbuf_filled = true;
-    event(PN_RAW_CONNECTION_READ);
-    moved = true;
-  }
-  return moved;
+  size_t n = fh_raw_deliver(p->pending, p->pending_len, p->read_chunk);
+  memmove(p->pending, p->pending + n, p->pending_len - n);
+  p->pending_len -= n;
+  return n > 0;
 }
 
 /* The client reads what reached it (and so answers handshake messages). */
@@ -329,7 +177,7 @@ static bool pump_once(peer_t *p) {
   client_reads(p);
   collect_client_output(p);
   moved |= deliver_reads(p);
-  moved |= answer_warden();
+  moved |= fh_raw_answer();
   return moved;
 }
 
@@ -369,36 +217,13 @@ static void finish(peer_t *p, int how) {
     collect_client_output(p);
     deliver_reads(p);
   }
-  if (how <= 1 && !fake->read_closed) { /* end of stream from the peer */
-    fake->read_close_asked = fake->read_closed = true;
-    event(PN_RAW_CONNECTION_CLOSED_READ);
+  if (how <= 1 && !fh_raw->read_closed) { /* end of stream from the peer */
+    fh_raw->read_close_asked = fh_raw->read_closed = true;
+    fh_raw_event(PN_RAW_CONNECTION_CLOSED_READ);
     pump(p);
   }
   if (how == 3) pump(p); /* the peer stops sending and lets warden act first: what it sends on its own arrives */
-  complete_writes(p, true);
-  answer_warden();
-  if (!fake->read_closed) {
-    fake->read_close_asked = fake->read_closed = true;
-    event(PN_RAW_CONNECTION_CLOSED_READ);
-  }
-  complete_writes(p, true);
-  if (!fake->write_closed) {
-    fake->write_close_asked = fake->write_closed = true;
-    event(PN_RAW_CONNECTION_CLOSED_WRITE);
-  }
-  complete_writes(p, true);
-  event(PN_RAW_CONNECTION_DRAIN_BUFFERS);
-  fh_store_barrier();
-  atomic_store(&fake->woken, false); /* a wake after the close finds the connection gone */
-  event(PN_RAW_CONNECTION_DISCONNECTED);
-  CHECK(fake->n_written == 0, "warden did not take back %zu written buffers", fake->n_written);
-  CHECK(!fake->rbuf_given, "warden did not take back its read buffer");
-  CHECK(fake->context == NULL, "warden kept its context on a disconnected raw connection");
-  free(fake);
-  fake = NULL;
-  fh_store_barrier();
-  size_t live = wd_amqp_driver_connections(fh_amqp());
-  CHECK(live == 0, "%zu connection(s) left in warden's registry after the disconnect", live);
+  fh_raw_disconnect();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -411,9 +236,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   data += 4;
   size -= 4;
 
-  wd_amqp_driver_tls_accept(fh_amqp());
-  CHECK(fake && fake->context, "warden did not accept the TLS connection");
-  event(PN_RAW_CONNECTION_CONNECTED);
+  fh_raw_accept(true);
 
   p.ssl = SSL_new(T.client);
   p.to_client = BIO_new(BIO_s_mem());
@@ -424,7 +247,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   SSL_set_tlsext_host_name(p.ssl, "localhost");
   pump(&p);
 
-  if (SSL_is_init_finished(p.ssl) && !fake->read_close_asked) {
+  if (SSL_is_init_finished(p.ssl) && !fh_raw->read_close_asked) {
     size_t len = 0, sasl_len = 0;
     const uint8_t *login = fh_prefix(mode, &len, &sasl_len);
     if (login) {
