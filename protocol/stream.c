@@ -41,6 +41,9 @@
 #define READ_LARGE (16 * 1024 + 512)
 /* Plaintext handed to SSL_write at once: one full record. */
 #define WRITE_CHUNK (16 * 1024)
+/* What a plain connection copies out of the engine at once: fewer, larger
+   socket writes when a consumer drains a log. */
+#define PLAIN_WRITE_CHUNK (64 * 1024)
 /* Bytes not yet written to the socket, past which the engine keeps what it
    has to send: a peer that stops reading holds no more than this. */
 #define UNWRITTEN_MAX (256 * 1024)
@@ -439,7 +442,8 @@ static void run_engine(stream_t *w) {
     if (w->unwritten + w->out_len >= UNWRITTEN_MAX) break;
     pn_bytes_t pending = pn_connection_driver_write_buffer(&w->driver);
     if (pending.size == 0) break;
-    size_t n = pending.size < WRITE_CHUNK ? pending.size : WRITE_CHUNK;
+    size_t chunk = w->tls ? WRITE_CHUNK : PLAIN_WRITE_CHUNK;
+    size_t n = pending.size < chunk ? pending.size : chunk;
     if (send_plain(w, (const uint8_t *)pending.start, n) < 0) {
       if (!w->tls) pn_connection_driver_close(&w->driver); /* out of memory */
       continue; /* the close it caused has events of its own */
