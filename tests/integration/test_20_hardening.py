@@ -11,9 +11,9 @@ from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
-from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, DATA_SECTION, SASL_HEADER, RawAmqp, attach_frame, begin_frame,
-                            binary, close_frame, described, flow_frame, metric_value, open_frame, sasl_init_plain,
-                            transfer_frame)
+from limits_helpers import (ACCEPTED_STATE, AMQP_HEADER, ATTACH, BEGIN, DATA_SECTION, OPEN, SASL_HEADER,
+                            SASL_OUTCOME, RawAmqp, attach_frame, begin_frame, binary, close_frame, described,
+                            flow_frame, metric_value, open_frame, sasl_init_plain, transfer_frame)
 from warden_harness import ACCEPTED, WardenTestCase, new_id, sas_token, telemetry_message
 
 
@@ -245,11 +245,59 @@ class CloseWithoutHangingUpTest(WardenTestCase):
         self.assertFalse(self.connected(dev), "a device that closed its connection still shows as connected 3 s later")
 
 
+def open_connections(gw):
+    """Connections warden accepted and has not let go of yet, from /metrics."""
+    text = gw.rest("GET", "/metrics").body.decode("utf-8", "replace")
+    return metric_value(text, "warden_connections_accepted_total") - metric_value(text, "warden_connections_closed_total")
+
+
+def assert_let_go(case, gw, before, what, within=3.0):
+    """warden holds no more connections than `before` within `within` seconds: none it closed is kept."""
+    deadline = time.monotonic() + within
+    while open_connections(gw) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    case.assertLessEqual(open_connections(gw), before, "%s: warden kept the connection after closing it" % what)
+
+
 class WrongSaslTest(WardenTestCase):
     @classmethod
     def setUpClass(cls):
         cls.gw = cls.start_class_gateway()
         cls.dev, cls.key = cls.gw.create_device()
+
+    def test_a_login_pipelined_with_its_first_frames_is_served(self):
+        """A client may send its AMQP header and first frames in the same write as its sasl-init: the
+        engine warden starts on the login reads them (Proton binds it only once its first events run)."""
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        c.send(SASL_HEADER + sasl_init_plain(self.dev, sas_token(self.dev, self.key)) + AMQP_HEADER + open_frame()
+               + begin_frame(0) + attach_frame(0, 0, "pipelined", "telemetry", sender=True))
+        self.assertEqual(c.read_header(), SASL_HEADER)
+        self.assertEqual(int(c.expect(SASL_OUTCOME).field(0)), 0)
+        self.assertEqual(c.read_header(), AMQP_HEADER)
+        c.expect(OPEN)
+        c.expect(BEGIN, channel=0)
+        c.remote_handles[(0, 0)] = c.expect(ATTACH, channel=0).field(1)
+        self.assertEqual(c.send_message(0, 0, 0, described(DATA_SECTION, binary(b"pipelined"))), ACCEPTED_STATE)
+
+    def test_bytes_other_than_sasl_before_the_login_end_the_connection(self):
+        before = open_connections(self.gw)
+        cases = {
+            "the AMQP header without SASL": AMQP_HEADER,
+            "a sasl-response before any challenge": SASL_HEADER + b"\x00\x00\x00\x0f\x02\x01\x00\x00\x00\x53\x43\xc0\x02\x01\x40",
+            "a SASL frame over 1 KiB": SASL_HEADER + sasl_init_plain(self.dev, "x" * 2000),
+            "an AMQP frame where SASL was due": SASL_HEADER + open_frame(),
+        }
+        for what, data in cases.items():
+            c = RawAmqp(self.gw.ports["amqp"])
+            self.addCleanup(c.close)
+            c.send(data)
+            self.assertIsNotNone(c.wait_closed(5.0), "%s: the connection stayed open" % what)
+            if data.startswith(AMQP_HEADER):  # the answer is the header warden does speak
+                self.assertEqual(c.peer_header, SASL_HEADER, what)
+            self.assertFalse(any(f.code == SASL_OUTCOME and int(f.field(0)) == 0 for f in c.frames), what)
+        assert_let_go(self, self.gw, before, "bytes other than SASL")
+        self.gw.assert_alive()
 
     def test_a_second_sasl_init_after_the_outcome_ends_the_connection(self):
         c = RawAmqp(self.gw.ports["amqp"])
@@ -297,14 +345,16 @@ class FrameGuardTest(WardenTestCase):
         self.assertGreaterEqual(refused, 1)
 
     def test_the_same_frames_pipelined_behind_the_sasl_init_are_refused_too(self):
-        # Everything in one write: Proton reads the AMQP frames before it has
-        # written the SASL outcome.
+        # Everything in one write: the engine warden starts on the login gets the
+        # AMQP frames at once, and one of them is refused before its first event.
+        before = open_connections(self.gw)
         c = RawAmqp(self.gw.ports["amqp"])
         self.addCleanup(c.close)
         c.send(SASL_HEADER + sasl_init_plain(self.dev, sas_token(self.dev, self.key)) + AMQP_HEADER + open_frame()
                + begin_frame(0) + attach_frame(0, 0, "pipelined", "telemetry", sender=True)
                + transfer_frame(0, 0, None, described(DATA_SECTION, binary(b"part")), more=True, raw=True))
         self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
+        assert_let_go(self, self.gw, before, "a pipelined login with a refused frame")
         self.assert_still_serving()
 
     def test_continuation_frames_may_leave_out_the_delivery_id(self):
