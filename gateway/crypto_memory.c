@@ -30,6 +30,7 @@
 #define REGION_BYTES ((size_t)256 << 20) /* address space only: pages exist while written */
 #define N_BLOCKS (REGION_BYTES / BLOCK)
 #define HOT 16
+#define PAGE 4096
 
 static struct {
   uint8_t *base;
@@ -45,17 +46,27 @@ bool wd_crypto_memory_owns(const void *p) {
   return pool.base && (const uint8_t *)p >= pool.base && (const uint8_t *)p < pool.base + N_BLOCKS * BLOCK;
 }
 
-static void *block_take(void) {
+/* A block for n bytes. A resident block's pages past what n needs are given
+   back when that is two pages or more: the allocation may live as long as its
+   connection (the SSL object is one), and would pin the whole block. */
+static void *block_take(size_t n) {
   size_t index = N_BLOCKS;
+  bool resident = false;
   pthread_mutex_lock(&pool.lock);
-  if (pool.n_hot > 0)
+  if (pool.n_hot > 0) {
     index = pool.hot[--pool.n_hot];
-  else if (pool.n_cold > 0)
+    resident = true;
+  } else if (pool.n_cold > 0) {
     index = pool.cold[--pool.n_cold];
-  else if (pool.n_carved < N_BLOCKS)
+  } else if (pool.n_carved < N_BLOCKS) {
     index = pool.n_carved++;
+  }
   pthread_mutex_unlock(&pool.lock);
-  return index < N_BLOCKS ? pool.base + index * BLOCK : NULL;
+  if (index >= N_BLOCKS) return NULL;
+  uint8_t *p = pool.base + index * BLOCK;
+  size_t used = (n + PAGE - 1) / PAGE * PAGE;
+  if (resident && used + 2 * PAGE <= BLOCK) madvise(p + used, BLOCK - used, MADV_DONTNEED);
+  return p;
 }
 
 static void block_give_back(void *p) {
@@ -78,7 +89,7 @@ static void *crypto_malloc(size_t n, const char *file, int line) {
   (void)file;
   (void)line;
   if (n >= POOLED_MIN && n <= BLOCK) {
-    void *p = block_take();
+    void *p = block_take(n);
     if (p) return p;
   }
   return malloc(n);
@@ -109,7 +120,7 @@ static void *crypto_realloc(void *p, size_t n, const char *file, int line) {
     return q;
   }
   if (n >= POOLED_MIN && n <= BLOCK) {
-    void *q = block_take();
+    void *q = block_take(n);
     if (q) {
       /* The old size is not known here; the block holds all that can have been in use. */
       size_t old = malloc_usable_size(p);
