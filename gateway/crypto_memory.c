@@ -12,7 +12,10 @@
  * buffers, which use OpenSSL's allocator) come from fixed 24 KiB blocks in a
  * region of their own. A freed block goes back on a stack; past HOT free
  * blocks its pages are given back (MADV_DONTNEED), so busy connections reuse
- * resident blocks without a syscall and idle ones hold none. Everything else,
+ * resident blocks without a syscall and idle ones hold none. Resident blocks
+ * are kept apart by how much of them was written, so that a small allocation
+ * that stays (the SSL object, ~6.5 KiB, lives as long as its connection)
+ * does not pin a block a 16 KiB record buffer left resident. Everything else,
  * and anything once the region is used up, goes to malloc as before. */
 
 #include "gateway/crypto_memory.h"
@@ -29,51 +32,74 @@
 #define POOLED_MIN (4 * 1024)
 #define REGION_BYTES ((size_t)256 << 20) /* address space only: pages exist while written */
 #define N_BLOCKS (REGION_BYTES / BLOCK)
-#define HOT 16
+#define HOT 16 /* resident free blocks kept, of each kind */
 #define PAGE 4096
+#define SMALL_PAGES 2
 
 static struct {
   uint8_t *base;
   pthread_mutex_t lock;
-  uint32_t hot[HOT];   /* free blocks whose pages are resident, taken first */
-  size_t n_hot;
+  /* Free blocks whose pages are resident, taken first: those a small
+     allocation left (SMALL_PAGES at most written) apart from those a large
+     one did, so that a small allocation, which may live as long as its
+     connection (the SSL object does), never pins a block a record buffer
+     left resident. */
+  uint32_t hot_small[HOT], hot_large[HOT];
+  size_t n_hot_small, n_hot_large;
   uint32_t *cold;      /* free blocks whose pages were given back */
   size_t n_cold;
   size_t n_carved;     /* blocks handed out at least once */
+  uint8_t *written;    /* per block: the pages its allocations may have written since it was last given back */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 bool wd_crypto_memory_owns(const void *p) {
   return pool.base && (const uint8_t *)p >= pool.base && (const uint8_t *)p < pool.base + N_BLOCKS * BLOCK;
 }
 
-/* A block for n bytes. A resident block's pages past what n needs are given
-   back when that is two pages or more: the allocation may live as long as its
-   connection (the SSL object is one), and would pin the whole block. */
+static uint8_t pages(size_t n) { return (uint8_t)((n + PAGE - 1) / PAGE); }
+
+static uint32_t index_of(const void *p) { return (uint32_t)(((const uint8_t *)p - pool.base) / BLOCK); }
+
 static void *block_take(size_t n) {
+  uint8_t need = pages(n);
   size_t index = N_BLOCKS;
-  bool resident = false;
+  bool trim = false; /* a small allocation in a block a large one left resident */
   pthread_mutex_lock(&pool.lock);
-  if (pool.n_hot > 0) {
-    index = pool.hot[--pool.n_hot];
-    resident = true;
-  } else if (pool.n_cold > 0) {
+  if (need <= SMALL_PAGES && pool.n_hot_small > 0)
+    index = pool.hot_small[--pool.n_hot_small];
+  else if (need > SMALL_PAGES && pool.n_hot_large > 0)
+    index = pool.hot_large[--pool.n_hot_large];
+  else if (pool.n_cold > 0)
     index = pool.cold[--pool.n_cold];
-  } else if (pool.n_carved < N_BLOCKS) {
+  else if (pool.n_carved < N_BLOCKS)
     index = pool.n_carved++;
+  else if (pool.n_hot_small > 0)
+    index = pool.hot_small[--pool.n_hot_small];
+  else if (pool.n_hot_large > 0) {
+    index = pool.hot_large[--pool.n_hot_large];
+    trim = true;
+  }
+  if (index < N_BLOCKS) {
+    uint8_t before = pool.written[index];
+    pool.written[index] = trim || need > before ? need : before;
   }
   pthread_mutex_unlock(&pool.lock);
   if (index >= N_BLOCKS) return NULL;
   uint8_t *p = pool.base + index * BLOCK;
-  size_t used = (n + PAGE - 1) / PAGE * PAGE;
-  if (resident && used + 2 * PAGE <= BLOCK) madvise(p + used, BLOCK - used, MADV_DONTNEED);
+  if (trim) madvise(p + (size_t)need * PAGE, BLOCK - (size_t)need * PAGE, MADV_DONTNEED);
   return p;
 }
 
 static void block_give_back(void *p) {
-  uint32_t index = (uint32_t)(((uint8_t *)p - pool.base) / BLOCK);
+  uint32_t index = index_of(p);
   pthread_mutex_lock(&pool.lock);
-  if (pool.n_hot < HOT) {
-    pool.hot[pool.n_hot++] = index;
+  if (pool.written[index] <= SMALL_PAGES && pool.n_hot_small < HOT) {
+    pool.hot_small[pool.n_hot_small++] = index;
+    pthread_mutex_unlock(&pool.lock);
+    return;
+  }
+  if (pool.written[index] > SMALL_PAGES && pool.n_hot_large < HOT) {
+    pool.hot_large[pool.n_hot_large++] = index;
     pthread_mutex_unlock(&pool.lock);
     return;
   }
@@ -81,6 +107,7 @@ static void block_give_back(void *p) {
   /* Its pages go before anyone can take it again. */
   madvise(p, BLOCK, MADV_DONTNEED);
   pthread_mutex_lock(&pool.lock);
+  pool.written[index] = 0;
   pool.cold[pool.n_cold++] = index;
   pthread_mutex_unlock(&pool.lock);
 }
@@ -111,7 +138,11 @@ static void *crypto_realloc(void *p, size_t n, const char *file, int line) {
     return NULL;
   }
   if (wd_crypto_memory_owns(p)) {
-    if (n >= POOLED_MIN && n <= BLOCK) return p;
+    if (n >= POOLED_MIN && n <= BLOCK) {
+      uint32_t index = index_of(p); /* only its holder touches its entry while it is taken */
+      if (pages(n) > pool.written[index]) pool.written[index] = pages(n);
+      return p;
+    }
     /* Grown past a block, or shrunk to what a long-lived small buffer is: to malloc. */
     void *q = malloc(n);
     if (!q) return NULL;
@@ -136,18 +167,23 @@ bool wd_crypto_memory_install(void) {
   if (pool.base) return false;
   void *base = mmap(NULL, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   uint32_t *cold = malloc(N_BLOCKS * sizeof *cold);
-  if (base == MAP_FAILED || !cold) {
+  uint8_t *written = calloc(N_BLOCKS, 1);
+  if (base == MAP_FAILED || !cold || !written) {
     if (base != MAP_FAILED) munmap(base, REGION_BYTES);
     free(cold);
+    free(written);
     return false;
   }
   pool.base = base;
   pool.cold = cold;
+  pool.written = written;
   /* Refused once OpenSSL has allocated anything: then all of it stays with malloc. */
   if (CRYPTO_set_mem_functions(crypto_malloc, crypto_realloc, crypto_free)) return true;
   pool.base = NULL;
   pool.cold = NULL;
+  pool.written = NULL;
   munmap(base, REGION_BYTES);
   free(cold);
+  free(written);
   return false;
 }

@@ -1,7 +1,7 @@
 /* Unit tests for gateway/crypto_memory.c: which of OpenSSL's allocations go to
  * the blocks, that contents survive every move between blocks and malloc, that
- * blocks past the hot ones give their pages back, that a small allocation in
- * a resident block keeps only the pages it needs, that threads share it
+ * blocks past the hot ones give their pages back, that a small allocation
+ * never pins a block a large one left resident, that threads share it
  * safely, and that TLS works on top of it. */
 
 #include <stdarg.h>
@@ -99,21 +99,31 @@ static void test_cold_blocks_give_their_pages_back(void **state) {
   assert_int_equal(zeroed, N - 16); /* the rest had lost their pages */
 }
 
-static void test_a_small_allocation_in_a_resident_block_keeps_only_its_pages(void **state) {
-  (void)state;
+static int resident_pages(const uint8_t *block) {
   enum { BLOCK = 24 * 1024, PAGE = 4096 };
-  uint8_t *p = OPENSSL_malloc(BLOCK);
-  memset(p, 0xCD, BLOCK);
-  OPENSSL_free(p); /* a hot block now, every page resident */
-  uint8_t *q = OPENSSL_malloc(5000);
-  assert_ptr_equal(q, p); /* hot blocks are taken first */
   unsigned char vec[BLOCK / PAGE];
-  assert_int_equal(mincore(q, BLOCK, vec), 0);
-  int resident = 0;
-  for (int i = 0; i < BLOCK / PAGE; i++) resident += vec[i] & 1;
-  assert_int_equal(resident, 2); /* what 5000 bytes need; the SSL object lives as long as its connection */
-  assert_int_equal(q[0], 0xCD);  /* those pages were kept, not given back */
-  OPENSSL_free(q);
+  assert_int_equal(mincore((void *)block, BLOCK, vec), 0);
+  int n = 0;
+  for (int i = 0; i < BLOCK / PAGE; i++) n += vec[i] & 1;
+  return n;
+}
+
+static void test_a_small_allocation_never_pins_a_block_a_large_one_left_resident(void **state) {
+  (void)state;
+  uint8_t *large = OPENSSL_malloc(24 * 1024);
+  memset(large, 0xCD, 24 * 1024);
+  OPENSSL_free(large); /* resident, every page */
+  uint8_t *small = OPENSSL_malloc(5000);
+  assert_true(wd_crypto_memory_owns(small));
+  assert_ptr_not_equal(small, large);
+  memset(small, 0xEF, 5000);
+  assert_int_equal(resident_pages(small), 2); /* what 5000 bytes need: the SSL object lives as long as its connection */
+  OPENSSL_free(small);
+  assert_ptr_equal(OPENSSL_malloc(5000), small); /* small ones reuse each other's blocks */
+  OPENSSL_free(small);
+  uint8_t *again = OPENSSL_malloc(20 * 1024);
+  assert_ptr_equal(again, large); /* and large ones theirs */
+  OPENSSL_free(again);
 }
 
 static void *churn(void *arg) {
@@ -216,7 +226,7 @@ int main(void) {
       cmocka_unit_test(test_a_freed_block_is_reused_first),
       cmocka_unit_test(test_realloc_keeps_contents_across_every_move),
       cmocka_unit_test(test_cold_blocks_give_their_pages_back),
-      cmocka_unit_test(test_a_small_allocation_in_a_resident_block_keeps_only_its_pages),
+      cmocka_unit_test(test_a_small_allocation_never_pins_a_block_a_large_one_left_resident),
       cmocka_unit_test(test_threads_never_share_a_block),
       cmocka_unit_test(test_tls_runs_on_it),
   };
