@@ -19,7 +19,8 @@
 #include "protocol/driver.h"
 #include "protocol/internal.h"
 
-#define TICK_MS 1000
+#define TICK_MS 1000     /* housekeeping: deadlines, expiries, throttled credit, trims */
+#define TICK_MIN_MS 100  /* engines' ticks are never asked for sooner than this: heartbeats within 0.1 s */
 #define CLOSE_GRACE_MS 2000 /* a peer that does not answer our close is cut off after this */
 
 static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
@@ -78,6 +79,7 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
   pthread_mutex_init(&a->listen_lock, NULL);
   pthread_cond_init(&a->listen_cond, NULL);
   pthread_mutex_init(&a->waiters_lock, NULL);
+  pthread_mutex_init(&a->timer_lock, NULL);
   int rc = copy_config(&a->cfg, cfg);
   if (rc == WD_OK) rc = wd_amqp__conns_init(a);
   if (rc == WD_OK && a->cfg.tls_listen) rc = wd_amqp__tls_init(a);
@@ -92,6 +94,8 @@ int wd_amqp_new(const wd_amqp_config_t *cfg, wd_store_t *store, wd_amqp_t **out)
   if (a->cfg.listen) listen_on(a, 0, a->cfg.listen, false);
   if (a->cfg.tls_listen) listen_on(a, 1, a->cfg.tls_listen, true);
   pthread_mutex_unlock(&a->listen_lock);
+  a->housekeeping_due_ms = wd_mono_ms() + TICK_MS;
+  atomic_store(&a->timer_due_ms, a->housekeeping_due_ms);
   pn_proactor_set_timeout(a->proactor, TICK_MS);
   *out = a;
   return WD_OK;
@@ -146,6 +150,7 @@ void wd_amqp_free(wd_amqp_t *a) {
   if (a->by_id) wd_amqp__conns_fini(a);
   wd_amqp__waiters_fini(a);
   pthread_mutex_destroy(&a->waiters_lock);
+  pthread_mutex_destroy(&a->timer_lock);
   free_config(&a->cfg);
   pthread_mutex_destroy(&a->listen_lock);
   pthread_cond_destroy(&a->listen_cond);
@@ -513,6 +518,45 @@ static void on_listener_event(wd_amqp_t *a, pn_event_t *e, pn_listener_t *l) {
   }
 }
 
+void wd_amqp__tick_needed(wd_amqp_t *a, int64_t due) {
+  int64_t now = wd_mono_ms();
+  if (due < now + TICK_MIN_MS) due = now + TICK_MIN_MS;
+  if (due >= atomic_load(&a->timer_due_ms)) return; /* the usual case, without the lock */
+  pthread_mutex_lock(&a->timer_lock);
+  if (due < atomic_load(&a->timer_due_ms) && !atomic_load(&a->stopping)) {
+    atomic_store(&a->timer_due_ms, due);
+    pn_proactor_set_timeout(a->proactor, (pn_millis_t)(due - now));
+  }
+  pthread_mutex_unlock(&a->timer_lock);
+}
+
+/* The proactor's timeout: housekeeping when its second has come, and every
+ * engine whose tick is due; then the timeout again, for whichever comes first. */
+static void on_timeout(wd_amqp_t *a) {
+  int64_t now = wd_mono_ms();
+  if (now >= a->housekeeping_due_ms) {
+    bool pressure = wd_store_under_pressure(a->store);
+    if (a->pressure && !pressure) wd_amqp__post_all(a, top_up_job); /* flow resumes by itself */
+    a->pressure = pressure;
+    wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
+    wd_amqp__post_overdue(a, now, abort_connection);
+    wd_amqp__waiters_expire(a, now);
+    wd_amqp__post_unadmitted(a, now, abort_connection);
+    wd_amqp__post_throttled(a, top_up_job);
+    wd_amqp__post_idle_due(a, now, idle_check);
+    a->housekeeping_due_ms = now + TICK_MS;
+  }
+  /* Under the timer lock, so that an engine asking for an earlier tick while
+     the connections are walked is not overwritten by what the walk found. */
+  pthread_mutex_lock(&a->timer_lock);
+  int64_t next = wd_amqp__wake_ticks_due(a, now);
+  int64_t due = next < a->housekeeping_due_ms ? next : a->housekeeping_due_ms;
+  if (due < now + TICK_MIN_MS) due = now + TICK_MIN_MS;
+  atomic_store(&a->timer_due_ms, due);
+  pn_proactor_set_timeout(a->proactor, (pn_millis_t)(due - now));
+  pthread_mutex_unlock(&a->timer_lock);
+}
+
 bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
   pn_raw_connection_t *raw = pn_event_raw_connection(e);
   if (raw) {
@@ -594,19 +638,7 @@ bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
       if (c) on_transport_closed(c);
       break;
     case PN_PROACTOR_TIMEOUT:
-      if (!atomic_load(&a->stopping)) {
-        bool pressure = wd_store_under_pressure(a->store);
-        if (a->pressure && !pressure) wd_amqp__post_all(a, top_up_job); /* flow resumes by itself */
-        a->pressure = pressure;
-        wd_amqp__post_expired(a, wd_now_ms() / 1000, expire_token);
-        wd_amqp__post_overdue(a, wd_mono_ms(), abort_connection);
-        wd_amqp__waiters_expire(a, wd_mono_ms());
-        wd_amqp__post_unadmitted(a, wd_mono_ms(), abort_connection);
-        wd_amqp__post_throttled(a, top_up_job);
-        wd_amqp__post_idle_due(a, wd_mono_ms(), idle_check);
-        wd_amqp__wake_ticks_due(a, wd_mono_ms());
-        pn_proactor_set_timeout(a->proactor, TICK_MS);
-      }
+      if (!atomic_load(&a->stopping)) on_timeout(a);
       break;
     case PN_PROACTOR_INACTIVE:
       if (atomic_load(&a->stopping)) pn_proactor_interrupt(a->proactor);

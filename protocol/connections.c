@@ -478,13 +478,19 @@ void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms) {
   pthread_mutex_unlock(&a->conns_lock);
 }
 
-void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
+int64_t wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
+  int64_t next = INT64_MAX;
   pthread_mutex_lock(&a->conns_lock);
   for (wd_conn_t *c = a->all; c; c = c->all_next) {
     int64_t due = atomic_load(&c->tick_due_ms);
-    if (due > 0 && due <= now) pn_raw_connection_wake(c->raw);
+    if (due <= 0) continue;
+    if (due <= now)
+      pn_raw_connection_wake(c->raw);
+    else if (due < next)
+      next = due;
   }
   pthread_mutex_unlock(&a->conns_lock);
+  return next;
 }
 
 void wd_amqp__post_idle_due(wd_amqp_t *a, int64_t now, wd_job_fn fn) {

@@ -144,7 +144,11 @@ struct wd_amqp {
   wd_conn_t *all; /* every connection, for the 1 s tick (cheaper than the hash buckets) */
   wd_peer_addr_t **peers; /* by source address, n_buckets */
 
-  _Atomic int64_t next_tick_ms;
+  /* The proactor's one timeout: housekeeping once a second, and sooner when an
+     engine's heartbeat or idle deadline is due sooner. */
+  pthread_mutex_t timer_lock;
+  _Atomic int64_t timer_due_ms;  /* monotonic; when the timeout is set to fire */
+  int64_t housekeeping_due_ms;   /* the timeout handler's (one at a time) */
   bool pressure; /* the store's pressure at the last tick; the timer's (one at a time) */
 
   pthread_mutex_t waiters_lock; /* REST requests waiting for a device's response */
@@ -193,8 +197,9 @@ void wd_amqp__conn_admitted(wd_conn_t *c);
  * forgets idle address entries. */
 void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
-/* Wakes every TLS connection whose tick_due_ms has come. */
-void wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now_mono_ms);
+/* Wakes every connection whose tick_due_ms has come; returns the earliest one
+   still to come (INT64_MAX when none). */
+int64_t wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now_mono_ms);
 
 /* Watches c until deadline: wd_amqp__post_idle_due then posts fn to it once. */
 void wd_amqp__conn_watch_idle(wd_conn_t *c, int64_t deadline_mono_ms);
@@ -291,6 +296,9 @@ wd_conn_t *wd_amqp__conn_accepted(wd_amqp_t *a, pn_raw_connection_t *raw, bool t
 void wd_amqp__engine_start(wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t);
 /* Handles one event of the proactor or of a connection's engine. Returns false when this thread should stop. */
 bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e);
+/* An engine needs a tick at due (monotonic ms; after storing it in its tick_due_ms): brings the proactor's
+   timeout forward if it would fire later. Thread-safe. */
+void wd_amqp__tick_needed(wd_amqp_t *a, int64_t due);
 
 /* stream.c */
 int wd_amqp__tls_init(wd_amqp_t *a);

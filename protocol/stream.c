@@ -19,7 +19,8 @@
  * Proton serializes: the engine's events go through wd_amqp__handle. Proton
  * cannot time a raw connection, so the engine's heartbeat and idle deadline
  * (pn_transport_tick) are kept in wd_conn_t.tick_due_ms, and the proactor's
- * tick wakes the connections due. */
+ * timeout, brought forward when one is due before it, wakes the connections
+ * due. */
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -454,6 +455,7 @@ static void run_engine(stream_t *w) {
   int64_t next_tick = pn_transport_tick(w->driver.transport, wd_mono_ms());
   wd_conn_t *c = conn_of(w);
   if (c) atomic_store(&c->tick_due_ms, next_tick);
+  if (next_tick > 0) wd_amqp__tick_needed(w->amqp, next_tick);
 }
 
 /* Runs what there is to run, then closes the socket's halves once nothing

@@ -370,6 +370,22 @@ class TlsTrafficTest(TlsCase):
         self.assertGreaterEqual(heard, 3, "warden sent %d frames in 12 s to a peer with a 4 s idle time-out" % heard)
         self.assertEqual(s.send(Message(id=new_id("after"), body=b"still here")), ACCEPTED)
 
+    def test_a_sub_second_idle_timeout_is_kept_on_both_ports(self):
+        """A client that drops a peer silent for 0.8 s: warden's heartbeats (every 0.4 s) must
+        not wait for its once-a-second housekeeping, on plain TCP as on TLS."""
+        for url, domain in ((self.gw.amqp_url, None), (self.gw.amqps_url, self.gw.client_ssl_domain())):
+            dev, key = self.gw.create_device()
+            c = self.track(HeartbeatClient(url, dev, sas_token(dev, key), domain, heartbeat=0.8))
+            s = c.sender("telemetry")
+            t = c.conn.transport
+            frames_in = t.frames_input
+            try:
+                c.wait(lambda: False, 4.0)
+            except ConnectionException as e:
+                self.fail("%s: warden let a client with a 0.8 s idle time-out time out: %s" % (url, e))
+            self.assertGreaterEqual(t.frames_input - frames_in, 8, url)
+            self.assertEqual(s.send(Message(id=new_id("after"), body=b"still here")), ACCEPTED)
+
     # -- 5. what is not TLS -----------------------------------------------------------------
 
     def test_a_plain_amqp_client_on_the_tls_port_never_gets_in(self):
