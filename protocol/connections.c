@@ -486,7 +486,7 @@ int64_t wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now) {
     if (due <= 0) continue;
     if (due <= now)
       pn_raw_connection_wake(c->raw);
-    else if (due < next)
+    else if (due < next && atomic_load(&c->tick_on_time))
       next = due;
   }
   pthread_mutex_unlock(&a->conns_lock);

@@ -60,6 +60,7 @@ struct wd_conn {
   pn_connection_t *pn;      /* the engine's, once the peer has logged in; NULL before */
   pn_raw_connection_t *raw; /* its socket (stream.c), woken for posted jobs */
   _Atomic int64_t tick_due_ms; /* when the engine's heartbeat or idle deadline next needs a tick; 0 none */
+  _Atomic bool tick_on_time;   /* the peer's idle time-out is too short for the once-a-second housekeeping */
   bool tls;
   char remote[64];
   wd_identity_t who;
@@ -198,7 +199,7 @@ void wd_amqp__conn_admitted(wd_conn_t *c);
 void wd_amqp__post_unadmitted(wd_amqp_t *a, int64_t now_mono_ms, wd_job_fn fn);
 
 /* Wakes every connection whose tick_due_ms has come; returns the earliest one
-   still to come (INT64_MAX when none). */
+   still to come of those whose ticks must be on time (INT64_MAX when none). */
 int64_t wd_amqp__wake_ticks_due(wd_amqp_t *a, int64_t now_mono_ms);
 
 /* Watches c until deadline: wd_amqp__post_idle_due then posts fn to it once. */

@@ -51,6 +51,10 @@
 /* Plaintext read before the login is done and not yet used: one SASL frame
    and what a client sent after it in the same read. */
 #define PENDING_MAX (32 * 1024)
+/* Peers with an idle time-out under this get their heartbeats from a timer of
+   their own; the others, within the once-a-second housekeeping (at least 2 s
+   before they would give up). */
+#define ON_TIME_IDLE_MS 6000
 
 typedef struct {
   wd_amqp_t *amqp;
@@ -454,8 +458,15 @@ static void run_engine(stream_t *w) {
   /* Ticked again after everything was sent: the next heartbeat dates from that output. */
   int64_t next_tick = pn_transport_tick(w->driver.transport, wd_mono_ms());
   wd_conn_t *c = conn_of(w);
-  if (c) atomic_store(&c->tick_due_ms, next_tick);
-  if (next_tick > 0) wd_amqp__tick_needed(w->amqp, next_tick);
+  if (!c) return;
+  atomic_store(&c->tick_due_ms, next_tick);
+  /* A heartbeat is due at half the peer's idle time-out, so the housekeeping
+     second is late enough unless that time-out is short; only then is the
+     proactor's timeout brought forward (one walk of every connection each). */
+  pn_millis_t peer_idle = pn_transport_get_remote_idle_timeout(w->driver.transport);
+  bool on_time = peer_idle > 0 && peer_idle < ON_TIME_IDLE_MS;
+  atomic_store(&c->tick_on_time, on_time);
+  if (on_time && next_tick > 0) wd_amqp__tick_needed(w->amqp, next_tick);
 }
 
 /* Runs what there is to run, then closes the socket's halves once nothing
