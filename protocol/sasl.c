@@ -207,19 +207,20 @@ static int send_frame(pn_data_t *data, wd_sasl_send_fn send, void *arg) {
   return send(arg, frame, size);
 }
 
-static int send_mechanisms(wd_sasl_t *s, wd_sasl_send_fn send, void *arg) {
+/* A SASL performative: the caller puts its fields, then send_performative. */
+static pn_data_t *performative(uint64_t code) {
   pn_data_t *d = pn_data(8);
-  if (!d) return WD_ERR_NOMEM;
+  if (!d) return NULL;
   pn_data_put_described(d);
   pn_data_enter(d);
-  pn_data_put_ulong(d, SASL_MECHANISMS);
+  pn_data_put_ulong(d, code);
   pn_data_put_list(d);
   pn_data_enter(d);
-  pn_data_put_array(d, false, PN_SYMBOL);
-  pn_data_enter(d);
-  if (s->thumbprint[0]) pn_data_put_symbol(d, pn_bytes(8, "EXTERNAL"));
-  if (plain_allowed(s)) pn_data_put_symbol(d, pn_bytes(5, "PLAIN"));
-  pn_data_exit(d);
+  return d;
+}
+
+static int send_performative(pn_data_t *d, wd_sasl_send_fn send, void *arg) {
+  if (!d) return WD_ERR_NOMEM;
   pn_data_exit(d);
   pn_data_exit(d);
   int rc = send_frame(d, send, arg);
@@ -227,20 +228,22 @@ static int send_mechanisms(wd_sasl_t *s, wd_sasl_send_fn send, void *arg) {
   return rc;
 }
 
+static int send_mechanisms(wd_sasl_t *s, wd_sasl_send_fn send, void *arg) {
+  pn_data_t *d = performative(SASL_MECHANISMS);
+  if (d) {
+    pn_data_put_array(d, false, PN_SYMBOL);
+    pn_data_enter(d);
+    if (s->thumbprint[0]) pn_data_put_symbol(d, pn_bytes(8, "EXTERNAL"));
+    if (plain_allowed(s)) pn_data_put_symbol(d, pn_bytes(5, "PLAIN"));
+    pn_data_exit(d);
+  }
+  return send_performative(d, send, arg);
+}
+
 static int send_outcome(uint8_t code, wd_sasl_send_fn send, void *arg) {
-  pn_data_t *d = pn_data(4);
-  if (!d) return WD_ERR_NOMEM;
-  pn_data_put_described(d);
-  pn_data_enter(d);
-  pn_data_put_ulong(d, SASL_OUTCOME);
-  pn_data_put_list(d);
-  pn_data_enter(d);
-  pn_data_put_ubyte(d, code);
-  pn_data_exit(d);
-  pn_data_exit(d);
-  int rc = send_frame(d, send, arg);
-  pn_data_free(d);
-  return rc;
+  pn_data_t *d = performative(SASL_OUTCOME);
+  if (d) pn_data_put_ubyte(d, code);
+  return send_performative(d, send, arg);
 }
 
 /* The performative in a SASL frame body: its code, and for sasl-init the

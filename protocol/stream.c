@@ -442,7 +442,7 @@ static void run_engine(stream_t *w) {
   for (;;) {
     pn_event_t *e;
     while ((e = pn_connection_driver_next_event(&w->driver))) wd_amqp__handle(w->amqp, e);
-    if (!w->handshake_done || w->tls_failed) break;
+    if (w->tls_failed) break; /* nothing more goes out */
     hand_out(w);
     if (w->unwritten + w->out_len >= UNWRITTEN_MAX) break;
     pn_bytes_t pending = pn_connection_driver_write_buffer(&w->driver);
@@ -609,6 +609,22 @@ static void on_disconnected(stream_t *w) {
   free(w);
 }
 
+/* A half of the socket closed: the engine's half, or, before the login is
+ * done, the end of it (an engine exists only once TLS and SASL are done). */
+static void on_half_closed(stream_t *w, bool reading) {
+  if (reading)
+    w->raw_read_closed = true;
+  else
+    w->raw_write_closed = true;
+  if (!w->driver_ready)
+    w->ending = true;
+  else if (reading)
+    pn_connection_driver_read_close(&w->driver);
+  else
+    pn_connection_driver_write_close(&w->driver);
+  process(w);
+}
+
 void wd_amqp__conn_abort_PT(wd_conn_t *c) {
   stream_t *w = pn_raw_connection_get_context(c->raw);
   if (!w) return;
@@ -666,24 +682,10 @@ void wd_amqp__stream_event(pn_event_type_t type, pn_raw_connection_t *raw) {
       break;
     }
     case PN_RAW_CONNECTION_CLOSED_READ:
-      w->raw_read_closed = true;
-      /* Before the handshake is done nothing the engine says can reach the
-         peer, and now the handshake never will be: no close frame to wait for. */
-      if (w->driver_ready && w->handshake_done)
-        pn_connection_driver_read_close(&w->driver);
-      else if (w->driver_ready)
-        pn_connection_driver_close(&w->driver);
-      else
-        w->ending = true;
-      process(w);
+      on_half_closed(w, true);
       break;
     case PN_RAW_CONNECTION_CLOSED_WRITE:
-      w->raw_write_closed = true;
-      if (w->driver_ready)
-        pn_connection_driver_write_close(&w->driver);
-      else
-        w->ending = true;
-      process(w);
+      on_half_closed(w, false);
       break;
     case PN_RAW_CONNECTION_DRAIN_BUFFERS:
       take_back_buffers(w);
