@@ -121,21 +121,14 @@ static char *jwt_public_key(const char *path) {
  * counts as resident: after 3 000 idle TLS connections closed, warden stayed at
  * 210 MB without a trim and fell to 39 MB with one. A trim holds each arena's
  * lock while it walks the free chunks (25 ms for that heap), so it waits until
- * connections stop coming and going, or for TRIM_EVERY_MS while they never do.
- * Once more when the idle time-out after the last churn has passed: Proton's
- * proactor frees the timer entry of a closed plain connection only at its
- * deadline, and until then that entry keeps its heap page from being trimmed
- * (5 000 connections closed: 23.6 MB resident that no trim could return). */
+ * connections stop coming and going, or for TRIM_EVERY_MS while they never do. */
 #define TICK_MS 500
 #define TRIM_EVERY_MS 10000
 
 typedef struct {
   uint64_t churn_seen;    /* connections accepted + closed at the last tick */
   bool pending;           /* churn since the last trim */
-  bool late_pending;      /* churn since the last trim after an idle time-out */
   int64_t last_trim_ms;
-  int64_t last_churn_ms;
-  int64_t late_after_ms;  /* the idle time-out, and a tick */
 } trim_state_t;
 
 static void trim_now(trim_state_t *t, int64_t now) {
@@ -153,16 +146,7 @@ static void trim_after_churn(trim_state_t *t) {
   int64_t now = wd_mono_ms();
   t->churn_seen = churn;
   t->pending |= moving;
-  if (moving) {
-    t->late_pending = true;
-    t->last_churn_ms = now;
-  }
-  if (t->pending && !(moving && now - t->last_trim_ms < TRIM_EVERY_MS)) {
-    trim_now(t, now);
-  } else if (t->late_pending && now - t->last_churn_ms >= t->late_after_ms) {
-    t->late_pending = false;
-    trim_now(t, now);
-  }
+  if (t->pending && !(moving && now - t->last_trim_ms < TRIM_EVERY_MS)) trim_now(t, now);
 }
 
 /* Descriptors warden needs besides its AMQP connections: store, listeners,
@@ -313,7 +297,7 @@ static int serve(const char *config_path) {
          cfg->dev_mode ? "on" : "off");
 
   int sig;
-  trim_state_t trim = {.last_trim_ms = wd_mono_ms(), .late_after_ms = (int64_t)cfg->idle_timeout_s * 1000 + TICK_MS};
+  trim_state_t trim = {.last_trim_ms = wd_mono_ms()};
   const struct timespec tick = {0, TICK_MS * 1000000L};
   while ((sig = sigtimedwait(&signals, NULL, &tick)) < 0) trim_after_churn(&trim);
   wd_log("gateway", WD_LOG_INFO, "%s: draining and stopping", strsignal(sig));
