@@ -21,6 +21,7 @@
 
 #define TICK_MS 1000     /* housekeeping: deadlines, expiries, throttled credit, trims */
 #define TICK_MIN_MS 100  /* engines' ticks are never asked for sooner than this: heartbeats within 0.1 s */
+#define MIN_PEER_IDLE_MS 500 /* a peer's shortest idle time-out that warden keeps (CONTRACT.md) */
 #define CLOSE_GRACE_MS 2000 /* a peer that does not answer our close is cut off after this */
 
 static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
@@ -389,12 +390,22 @@ static void on_connection_remote_open(wd_conn_t *c) {
     wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "too many connections");
     return;
   }
+  /* Proton heartbeats at half the peer's idle time-out on every tick, and warden
+     ticks an engine after each write: a time-out of a few ms would have warden
+     write empty frames as fast as the socket takes them. */
+  pn_millis_t remote_idle = pn_transport_get_remote_idle_timeout(t);
+  if (remote_idle > 0 && remote_idle < MIN_PEER_IDLE_MS) {
+    char why[96];
+    snprintf(why, sizeof why, "idle-time-out of %u ms; warden keeps %u ms or more", (unsigned)remote_idle,
+             (unsigned)MIN_PEER_IDLE_MS);
+    wd_amqp__conn_close_PT(c, "amqp:invalid-field", why);
+    return;
+  }
   if (c->who.is_device && !admit_device(c)) {
     wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "credentials revoked");
     return;
   }
   /* A sleeping device may ask for a longer idle time-out than ours; grant it up to the maximum. */
-  pn_millis_t remote_idle = pn_transport_get_remote_idle_timeout(t);
   pn_millis_t local_idle = a->cfg.idle_timeout_ms;
   if (remote_idle > local_idle) local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
   pn_transport_set_idle_timeout(t, local_idle);

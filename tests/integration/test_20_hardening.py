@@ -280,6 +280,18 @@ class WrongSaslTest(WardenTestCase):
         c.remote_handles[(0, 0)] = c.expect(ATTACH, channel=0).field(1)
         self.assertEqual(c.send_message(0, 0, 0, described(DATA_SECTION, binary(b"pipelined"))), ACCEPTED_STATE)
 
+    def test_an_idle_time_out_of_a_few_ms_is_refused_not_fed(self):
+        """Heartbeats are due at half the peer's idle time-out: for 1 ms, on every tick. warden
+        refuses such a peer at its open instead of writing empty frames as fast as it can."""
+        c = RawAmqp(self.gw.ports["amqp"])
+        self.addCleanup(c.close)
+        self.assertEqual(c.sasl_plain(self.dev, sas_token(self.dev, self.key)), 0)
+        c.send(AMQP_HEADER + open_frame(idle_ms=1))
+        self.assertIsNotNone(c.wait_closed(5.0), "the connection stayed open")
+        self.assertEqual(c.close_condition[0] if c.close_condition else None, "amqp:invalid-field")
+        self.assertLess(len(c.frames), 10, "warden wrote %d frames to a peer it refused" % len(c.frames))
+        self.gw.assert_alive()
+
     def test_bytes_other_than_sasl_before_the_login_end_the_connection(self):
         before = open_connections(self.gw)
         cases = {
