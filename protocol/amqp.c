@@ -21,7 +21,7 @@
 
 #define TICK_MS 1000     /* housekeeping: deadlines, expiries, throttled credit, trims */
 #define TICK_MIN_MS 100  /* engines' ticks are never asked for sooner than this: heartbeats within 0.1 s */
-#define MIN_PEER_IDLE_MS 500 /* a peer's shortest idle time-out that warden keeps (CONTRACT.md) */
+#define MIN_PEER_IDLE_MS 200 /* a peer's shortest idle time-out that warden keeps (CONTRACT.md) */
 #define CLOSE_GRACE_MS 2000 /* a peer that does not answer our close is cut off after this */
 
 static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
