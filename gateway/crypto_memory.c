@@ -35,6 +35,7 @@
 #define HOT 16 /* resident free blocks kept, of each kind */
 #define PAGE 4096
 #define SMALL_PAGES 2
+enum { SMALL, LARGE };
 
 static struct {
   uint8_t *base;
@@ -44,8 +45,10 @@ static struct {
      one did, so that a small allocation, which may live as long as its
      connection (the SSL object does), never pins a block a record buffer
      left resident. */
-  uint32_t hot_small[HOT], hot_large[HOT];
-  size_t n_hot_small, n_hot_large;
+  struct {
+    uint32_t index[HOT];
+    size_t n;
+  } hot[2]; /* [SMALL], [LARGE] */
   uint32_t *cold;      /* free blocks whose pages were given back */
   size_t n_cold;
   size_t n_carved;     /* blocks handed out at least once */
@@ -60,24 +63,23 @@ static uint8_t pages(size_t n) { return (uint8_t)((n + PAGE - 1) / PAGE); }
 
 static uint32_t index_of(const void *p) { return (uint32_t)(((const uint8_t *)p - pool.base) / BLOCK); }
 
+static int kind(uint8_t written_pages) { return written_pages <= SMALL_PAGES ? SMALL : LARGE; }
+
 static void *block_take(size_t n) {
   uint8_t need = pages(n);
+  int want = kind(need), other = want == SMALL ? LARGE : SMALL;
   size_t index = N_BLOCKS;
   bool trim = false; /* a small allocation in a block a large one left resident */
   pthread_mutex_lock(&pool.lock);
-  if (need <= SMALL_PAGES && pool.n_hot_small > 0)
-    index = pool.hot_small[--pool.n_hot_small];
-  else if (need > SMALL_PAGES && pool.n_hot_large > 0)
-    index = pool.hot_large[--pool.n_hot_large];
-  else if (pool.n_cold > 0)
+  if (pool.hot[want].n > 0) {
+    index = pool.hot[want].index[--pool.hot[want].n];
+  } else if (pool.n_cold > 0) {
     index = pool.cold[--pool.n_cold];
-  else if (pool.n_carved < N_BLOCKS)
+  } else if (pool.n_carved < N_BLOCKS) {
     index = pool.n_carved++;
-  else if (pool.n_hot_small > 0)
-    index = pool.hot_small[--pool.n_hot_small];
-  else if (pool.n_hot_large > 0) {
-    index = pool.hot_large[--pool.n_hot_large];
-    trim = true;
+  } else if (pool.hot[other].n > 0) {
+    index = pool.hot[other].index[--pool.hot[other].n];
+    trim = want == SMALL;
   }
   if (index < N_BLOCKS) {
     uint8_t before = pool.written[index];
@@ -93,13 +95,9 @@ static void *block_take(size_t n) {
 static void block_give_back(void *p) {
   uint32_t index = index_of(p);
   pthread_mutex_lock(&pool.lock);
-  if (pool.written[index] <= SMALL_PAGES && pool.n_hot_small < HOT) {
-    pool.hot_small[pool.n_hot_small++] = index;
-    pthread_mutex_unlock(&pool.lock);
-    return;
-  }
-  if (pool.written[index] > SMALL_PAGES && pool.n_hot_large < HOT) {
-    pool.hot_large[pool.n_hot_large++] = index;
+  int k = kind(pool.written[index]);
+  if (pool.hot[k].n < HOT) {
+    pool.hot[k].index[pool.hot[k].n++] = index;
     pthread_mutex_unlock(&pool.lock);
     return;
   }

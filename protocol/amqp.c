@@ -22,6 +22,11 @@
 #define TICK_MS 1000     /* housekeeping: deadlines, expiries, throttled credit, trims */
 #define TICK_MIN_MS 100  /* engines' ticks are never asked for sooner than this: heartbeats within 0.1 s */
 #define MIN_PEER_IDLE_MS 200 /* a peer's shortest idle time-out that warden keeps (CONTRACT.md) */
+/* A heartbeat is due at half the peer's idle time-out, so the once-a-second
+   housekeeping is on time for it unless that time-out is under this (at least
+   2 s to spare); only shorter ones bring the proactor's timeout forward, each
+   time at the cost of a walk of every connection. */
+#define ON_TIME_IDLE_MS 6000
 #define CLOSE_GRACE_MS 2000 /* a peer that does not answer our close is cut off after this */
 
 static char *dup_or_null(const char *s) { return s && s[0] ? strdup(s) : NULL; }
@@ -406,6 +411,7 @@ static void on_connection_remote_open(wd_conn_t *c) {
     return;
   }
   /* A sleeping device may ask for a longer idle time-out than ours; grant it up to the maximum. */
+  atomic_store(&c->tick_on_time, remote_idle > 0 && remote_idle < ON_TIME_IDLE_MS);
   pn_millis_t local_idle = a->cfg.idle_timeout_ms;
   if (remote_idle > local_idle) local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
   pn_transport_set_idle_timeout(t, local_idle);

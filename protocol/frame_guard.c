@@ -29,8 +29,6 @@ void wd_frame_guard_fini(wd_frame_guard_t *g) {
   g->buf = NULL;
 }
 
-static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-
 /* An unsigned integer of any width, as a descriptor may be written. */
 static bool read_unsigned(const uint8_t **p, const uint8_t *end, uint64_t *v) {
   const uint8_t *q = *p;
@@ -49,12 +47,12 @@ static bool read_unsigned(const uint8_t **p, const uint8_t *end, uint64_t *v) {
       return true;
     case 0x70: /* uint */
       if (end - q < 5) return false;
-      *v = be32(q + 1);
+      *v = wd_msg_be32(q + 1);
       *p = q + 5;
       return true;
     case 0x80: /* ulong */
       if (end - q < 9) return false;
-      *v = (uint64_t)be32(q + 1) << 32 | be32(q + 5);
+      *v = (uint64_t)wd_msg_be32(q + 1) << 32 | wd_msg_be32(q + 5);
       *p = q + 9;
       return true;
     default:
@@ -117,7 +115,7 @@ static const char *judge_transfer(wd_frame_guard_t *g, const uint8_t *p, const u
     list_bytes = p[1] >= 1 ? p[1] - 1u : 0;
     p += 3;
   } else if (p[0] == 0xd0 && end - p >= 9) {
-    uint32_t size = be32(p + 1);
+    uint32_t size = wd_msg_be32(p + 1);
     list_bytes = size >= 4 ? size - 4u : 0;
     p += 9;
   } else {
@@ -223,7 +221,7 @@ const char *wd_frame_guard_feed(wd_frame_guard_t *g, const uint8_t *p, size_t n,
         break;
       case PH_HEADER: {
         if ((got = gather(g, &p, &n, 8, &piece)) <= 0) break;
-        uint32_t size = be32(piece);
+        uint32_t size = wd_msg_be32(piece);
         uint32_t offset = (uint32_t)piece[4] * 4;
         if (size < 8 || offset < 8 || offset > size) {
           why = "malformed frame header";

@@ -19,10 +19,6 @@ enum {
 
 #define MAX_NESTING 32
 
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* The format codes AMQP 1.0 defines (part 1, 1.6); anything else is not a value. */
 static bool defined_code(uint8_t c) {
   switch (c) {
@@ -60,7 +56,7 @@ static const uint8_t *skip_body(uint8_t code, const uint8_t *p, const uint8_t *e
       break;
     case 0xb:
       if (end - p < 4) return NULL;
-      n = be32(p);
+      n = wd_msg_be32(p);
       p += 4;
       break;
     case 0xc:
@@ -71,11 +67,11 @@ static const uint8_t *skip_body(uint8_t code, const uint8_t *p, const uint8_t *e
       bool wide = (code >> 4) == 0xd || (code >> 4) == 0xf;
       size_t hdr = wide ? 4 : 1;
       if ((size_t)(end - p) < hdr) return NULL;
-      size_t size = wide ? be32(p) : *p;
+      size_t size = wide ? wd_msg_be32(p) : *p;
       p += hdr;
       if ((size_t)(end - p) < size || size < hdr) return NULL;
       const uint8_t *cend = p + size;
-      size_t count = wide ? be32(p) : *p;
+      size_t count = wide ? wd_msg_be32(p) : *p;
       p += hdr;
       if ((code >> 4) == 0xc || (code >> 4) == 0xd) {
         if ((code & 0x0f) == 1 && count % 2) return NULL; /* a map holds pairs */
@@ -165,7 +161,7 @@ static bool reserved_key(const uint8_t *k, const uint8_t *kend) {
     n = k[1];
     str = k + 2;
   } else if (k[0] == 0xb3 || k[0] == 0xb1) {
-    n = be32(k + 1);
+    n = wd_msg_be32(k + 1);
     str = k + 5;
   } else {
     return false;
@@ -245,7 +241,7 @@ static bool compound_header(const uint8_t *v, const uint8_t *end, size_t *count,
     return true;
   }
   if ((v[0] == 0xd0 || v[0] == 0xd1) && end - v >= 9) {
-    *count = be32(v + 5);
+    *count = wd_msg_be32(v + 5);
     *first = v + 9;
     return true;
   }

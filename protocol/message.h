@@ -49,6 +49,11 @@ int wd_msg_annotate(const uint8_t *in, size_t len, const char *device_id, int64_
 size_t wd_msg_header_encode(uint8_t out[WD_MSG_HEADER_MAX], bool durable, uint8_t priority, uint32_t ttl_ms,
                             uint32_t delivery_count);
 
+/* A big-endian uint32, as AMQP encodes frame sizes, widths and counts. */
+static inline uint32_t wd_msg_be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 /* Skips one encoded AMQP value. Returns the byte after it, or NULL if it runs
  * past end or is malformed. */
 const uint8_t *wd_msg_skip_value(const uint8_t *p, const uint8_t *end);

@@ -14,6 +14,7 @@
 
 #include "gateway/base/log.h"
 #include "protocol/internal.h"
+#include "protocol/message.h"
 #include "protocol/sas.h"
 
 /* AMQP's smallest max-frame-size, which SASL frames must fit (part 5.3.1);
@@ -247,7 +248,8 @@ static int send_outcome(uint8_t code, wd_sasl_send_fn send, void *arg) {
 }
 
 /* The performative in a SASL frame body: its code, and for sasl-init the
- * mechanism and response (pointing into body). -1 when it is none. */
+ * mechanism and response (pointing into d, valid until its next use). -1
+ * when it is none. */
 static int parse_performative(pn_data_t *d, const uint8_t *body, size_t len, pn_bytes_t *mech, pn_bytes_t *resp) {
   if (pn_data_decode(d, (const char *)body, len) != (ssize_t)len) return -1;
   pn_data_rewind(d);
@@ -265,7 +267,6 @@ static int parse_performative(pn_data_t *d, const uint8_t *body, size_t len, pn_
       if (sym.size == strlen(names[i]) && memcmp(sym.start, names[i], sym.size) == 0) code = SASL_MECHANISMS + i;
   }
   if (code != SASL_INIT) return code;
-  /* pn_data_decode copied the values; pn_bytes_t point into d, valid until its next use. */
   if (!pn_data_next(d) || pn_data_type(d) != PN_LIST || !pn_data_enter(d)) return -1;
   if (!pn_data_next(d) || pn_data_type(d) != PN_SYMBOL) return -1; /* the mechanism is mandatory */
   *mech = pn_data_get_symbol(d);
@@ -278,8 +279,6 @@ static int parse_performative(pn_data_t *d, const uint8_t *body, size_t len, pn_
   }
   return code;
 }
-
-static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 
 wd_sasl_status_t wd_amqp__sasl_read(wd_sasl_t *s, const uint8_t *p, size_t n, size_t *used, wd_sasl_send_fn send,
                                     void *arg, wd_identity_t *who) {
@@ -302,7 +301,7 @@ wd_sasl_status_t wd_amqp__sasl_read(wd_sasl_t *s, const uint8_t *p, size_t n, si
     *used = at;
     if (n - at < 8) return WD_SASL_MORE;
     const uint8_t *f = p + at;
-    uint32_t size = be32(f);
+    uint32_t size = wd_msg_be32(f);
     if (size < 8 || size > SASL_FRAME_MAX || f[4] < 2 || (uint32_t)f[4] * 4 > size || f[5] != 1) {
       wd_log("amqp", WD_LOG_INFO, "refused a connection from %s: malformed SASL frame", s->remote);
       return WD_SASL_FAILED;

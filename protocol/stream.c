@@ -51,10 +51,6 @@
 /* Plaintext read before the login is done and not yet used: one SASL frame
    and what a client sent after it in the same read. */
 #define PENDING_MAX (32 * 1024)
-/* Peers with an idle time-out under this get their heartbeats from a timer of
-   their own; the others, within the once-a-second housekeeping (at least 2 s
-   before they would give up). */
-#define ON_TIME_IDLE_MS 6000
 
 typedef struct {
   wd_amqp_t *amqp;
@@ -84,8 +80,7 @@ typedef struct {
   pn_connection_driver_t driver;
   bool driver_ready;
   wd_frame_guard_t guard;
-  bool engine_has_header; /* the engine read the peer's AMQP header: it can answer with a close frame */
-  size_t engine_read;     /* bytes the engine read, up to the header */
+  size_t engine_read;   /* bytes the engine read, counted up to its AMQP header (8) */
 } stream_t;
 
 /* The BIO under every SSL: reads take the bytes of the current raw read,
@@ -233,12 +228,17 @@ static int send_plain(void *arg, const uint8_t *p, size_t n) {
   return (int)n;
 }
 
-/* Reads what the peer sent after its login before Proton does: false when
- * the frame guard refuses it, and the engine then ends the connection. */
-static bool guard_passes(stream_t *w, const uint8_t *p, size_t n) {
+/* The engine's input buffer holds n more bytes from the peer, at p: the frame
+ * guard reads them before Proton does, and a refusal ends the connection. */
+static void engine_took(stream_t *w, const uint8_t *p, size_t n) {
+  if (pn_connection_driver_read_closed(&w->driver)) return; /* refused already, or the peer ended */
   const char *condition;
   const char *why = wd_frame_guard_feed(&w->guard, p, n, &condition);
-  if (!why) return true;
+  if (!why) {
+    if (w->engine_read < 8) w->engine_read += n;
+    pn_connection_driver_read_done(&w->driver, n);
+    return;
+  }
   wd_conn_t *c = conn_of(w);
   wd_log("amqp", WD_LOG_WARNING, "[C%llu] closing the connection of '%s' from %s: %s",
          c ? (unsigned long long)c->id : 0ull, c ? c->who.id : "?", c ? c->remote : "?", why);
@@ -247,19 +247,10 @@ static bool guard_passes(stream_t *w, const uint8_t *p, size_t n) {
   pn_condition_set_name(cond, condition);
   pn_condition_set_description(cond, why);
   /* Before the AMQP header Proton has no way to say why: the socket just closes. */
-  if (w->engine_has_header)
+  if (w->engine_read >= 8)
     pn_connection_driver_read_close(&w->driver);
   else
     pn_connection_driver_close(&w->driver);
-  return false;
-}
-
-static void engine_read_done(stream_t *w, size_t n) {
-  if (!w->engine_has_header) {
-    w->engine_read += n;
-    w->engine_has_header = w->engine_read >= 8;
-  }
-  pn_connection_driver_read_done(&w->driver, n);
 }
 
 /* Plaintext after the login, into the engine. */
@@ -269,8 +260,7 @@ static void engine_in(stream_t *w, const uint8_t *p, size_t n) {
     if (room.size == 0) return; /* the engine reads no more */
     size_t take = room.size < n ? room.size : n;
     memcpy(room.start, p, take);
-    if (!guard_passes(w, (const uint8_t *)room.start, take)) return;
-    engine_read_done(w, take);
+    engine_took(w, (const uint8_t *)room.start, take);
     p += take;
     n -= take;
   }
@@ -402,10 +392,10 @@ static void feed(stream_t *w, const uint8_t *bytes, size_t len) {
     }
     int r = SSL_read(w->ssl, room.start, room.size < INT32_MAX ? (int)room.size : INT32_MAX);
     if (r > 0) {
-      if (!w->driver_ready)
+      if (w->driver_ready)
+        engine_took(w, (const uint8_t *)room.start, (size_t)r);
+      else
         plain_in(w, login_buf, (size_t)r);
-      else if (guard_passes(w, (const uint8_t *)room.start, (size_t)r))
-        engine_read_done(w, (size_t)r);
       continue;
     }
     int err = SSL_get_error(w->ssl, r);
@@ -460,13 +450,7 @@ static void run_engine(stream_t *w) {
   wd_conn_t *c = conn_of(w);
   if (!c) return;
   atomic_store(&c->tick_due_ms, next_tick);
-  /* A heartbeat is due at half the peer's idle time-out, so the housekeeping
-     second is late enough unless that time-out is short; only then is the
-     proactor's timeout brought forward (one walk of every connection each). */
-  pn_millis_t peer_idle = pn_transport_get_remote_idle_timeout(w->driver.transport);
-  bool on_time = peer_idle > 0 && peer_idle < ON_TIME_IDLE_MS;
-  atomic_store(&c->tick_on_time, on_time);
-  if (on_time && next_tick > 0) wd_amqp__tick_needed(w->amqp, next_tick);
+  if (next_tick > 0 && atomic_load(&c->tick_on_time)) wd_amqp__tick_needed(w->amqp, next_tick);
 }
 
 /* Runs what there is to run, then closes the socket's halves once nothing
@@ -560,8 +544,7 @@ static void on_read(stream_t *w) {
       const uint8_t *bytes = (const uint8_t *)bufs[i].bytes + bufs[i].offset;
       if (w->reading_into_engine) {
         w->reading_into_engine = false;
-        if (w->driver_ready && !pn_connection_driver_read_closed(&w->driver) && guard_passes(w, bytes, bufs[i].size))
-          engine_read_done(w, bufs[i].size);
+        if (w->driver_ready) engine_took(w, bytes, bufs[i].size);
       } else if (w->conn) {
         feed(w, bytes, bufs[i].size);
       }
