@@ -186,6 +186,11 @@ void wd_amqp__conn_close_PT(wd_conn_t *c, const char *condition, const char *des
   c->closing = true;
   wd_log("amqp", WD_LOG_INFO, "[C%llu] closing connection of '%s': %s (%s)", (unsigned long long)c->id,
          c->who.id, condition, description);
+  if (c->engine) {
+    wd_engine_close(c->engine, condition, description);
+    wd_amqp__conn_closing(c, wd_mono_ms() + CLOSE_GRACE_MS);
+    return;
+  }
   if (!c->pn) { /* not logged in: no engine to say why */
     wd_amqp__conn_abort_PT(c);
     return;
@@ -211,17 +216,24 @@ void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char 
   pn_link_close(link);
 }
 
-static void free_link_ctx(pn_link_t *link) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
+void wd_amqp__link_ctx_free(wd_link_ctx_t *lc) {
   if (!lc) return;
+  if (lc->pn) pn_link_set_context(lc->pn, NULL);
+  for (wd_link_ctx_t **p = lc->pn ? NULL : &lc->conn->links; p && *p; p = &(*p)->next) {
+    if (*p == lc) {
+      *p = lc->next;
+      break;
+    }
+  }
   free(lc->inflight);
+  free(lc->awaiting);
   free(lc);
-  pn_link_set_context(link, NULL);
 }
 
-void wd_amqp__link_ctx_release_PT(pn_link_t *link) {
-  free_link_ctx(link);
-  pn_link_free(link);
+void wd_amqp__link_ctx_release_PT(wd_link_ctx_t *lc) {
+  pn_link_t *link = lc->pn;
+  wd_amqp__link_ctx_free(lc);
+  if (link) pn_link_free(link);
 }
 
 static bool has_token(const char *list, const char *token) {
@@ -258,64 +270,82 @@ static bool peer_allowed(wd_amqp_t *a, const char *from, const char *to) {
   return ok;
 }
 
+wd_link_ctx_t *wd_amqp__link_decide_PT(wd_conn_t *c, bool inbound, const char *address, const char **condition,
+                                       const char **why) {
+  wd_principal_t who = {.is_device = c->who.is_device, .id = c->who.id, .scopes = c->who.scopes};
+  wd_address_t addr;
+  int rc = wd_address_authorize(&who, inbound ? WD_LINK_INBOUND : WD_LINK_OUTBOUND, address, &addr, why);
+  if (rc == WD_OK && addr.needs_peer_check && !peer_allowed(c->amqp, c->who.id, addr.param)) {
+    rc = WD_ERR_DENIED;
+    *why = "the registry does not let this device reach that device";
+  }
+  if (rc < 0) {
+    wd_log("amqp", WD_LOG_INFO, "[C%llu] refused %s link '%s' for '%s': %s", (unsigned long long)c->id,
+           inbound ? "sending" : "receiving", address ? address : "(null)", c->who.id, *why);
+    *condition = rc == WD_ERR_NOT_FOUND ? "amqp:not-found" : "amqp:unauthorized-access";
+    return NULL;
+  }
+  if (c->n_links >= (int)c->amqp->cfg.max_links) {
+    wd_log("amqp", WD_LOG_INFO, "[C%llu] '%s' already has %d links; refused another", (unsigned long long)c->id,
+           c->who.id, c->n_links);
+    *condition = "amqp:resource-limit-exceeded";
+    *why = "too many links on this connection";
+    return NULL;
+  }
+  wd_link_ctx_t *lc = calloc(1, sizeof *lc);
+  if (!lc) {
+    *condition = "amqp:resource-limit-exceeded";
+    *why = "out of memory";
+    return NULL;
+  }
+  c->n_links++;
+  lc->counted = true;
+  lc->addr = addr;
+  lc->conn = c;
+  return lc;
+}
+
+void wd_amqp__link_uncount_PT(wd_link_ctx_t *lc) {
+  /* Uncounted once, whoever detached first (a link warden closed itself included). */
+  if (lc && lc->counted) {
+    lc->conn->n_links--;
+    lc->counted = false;
+  }
+}
+
+/* A service's link (Proton's engine). */
 static void on_link_remote_open(wd_conn_t *c, pn_link_t *link) {
   if (c->closing) return;
   bool inbound = pn_link_is_receiver(link);
   pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
   pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
   const char *address = pn_terminus_get_address(inbound ? pn_link_remote_target(link) : pn_link_remote_source(link));
-  wd_principal_t who = {.is_device = c->who.is_device, .id = c->who.id, .scopes = c->who.scopes};
-  wd_address_t addr;
-  const char *why;
-  int rc = wd_address_authorize(&who, inbound ? WD_LINK_INBOUND : WD_LINK_OUTBOUND, address, &addr, &why);
-  if (rc == WD_OK && addr.needs_peer_check && !peer_allowed(c->amqp, c->who.id, addr.param)) {
-    rc = WD_ERR_DENIED;
-    why = "the registry does not let this device reach that device";
-  }
-  if (rc < 0) {
-    wd_log("amqp", WD_LOG_INFO, "[C%llu] refused %s link '%s' for '%s': %s", (unsigned long long)c->id,
-           inbound ? "sending" : "receiving", address ? address : "(null)", c->who.id, why);
-    wd_amqp__link_refuse_PT(link, rc == WD_ERR_NOT_FOUND ? "amqp:not-found" : "amqp:unauthorized-access", why);
-    return;
-  }
-  if (c->n_links >= (int)c->amqp->cfg.max_links) {
-    wd_log("amqp", WD_LOG_INFO, "[C%llu] '%s' already has %d links; refused another", (unsigned long long)c->id,
-           c->who.id, c->n_links);
-    wd_amqp__link_refuse_PT(link, "amqp:resource-limit-exceeded", "too many links on this connection");
-    return;
-  }
-  wd_link_ctx_t *lc = calloc(1, sizeof *lc);
+  const char *condition, *why;
+  wd_link_ctx_t *lc = wd_amqp__link_decide_PT(c, inbound, address, &condition, &why);
   if (!lc) {
-    wd_amqp__link_refuse_PT(link, "amqp:resource-limit-exceeded", "out of memory");
+    wd_amqp__link_refuse_PT(link, condition, why);
     return;
   }
-  c->n_links++;
-  lc->counted = true;
-  lc->addr = addr;
+  lc->pn = link;
   pn_link_set_context(link, lc);
-  if (inbound) {
-    wd_amqp__inbound_open_PT(c, link, lc);
+  if (inbound) { /* enqueueing */
+    pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
+    pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+    pn_link_open(link);
+    wd_amqp__top_up_PT(lc);
     return;
   }
-  if (addr.kind == WD_ADDR_EGRESS) {
-    wd_amqp__egress_open_PT(c, link, lc);
-    return;
-  }
-  rc = wd_amqp__log_outbound_open_PT(c, link, lc);
+  int rc = lc->addr.kind == WD_ADDR_EGRESS ? WD_ERR_INVALID : wd_amqp__log_outbound_open_PT(c, link, lc);
   if (rc < 0) {
-    free_link_ctx(link);
+    wd_amqp__link_uncount_PT(lc);
+    wd_amqp__link_ctx_free(lc);
     wd_amqp__link_refuse_PT(link, "amqp:internal-error", wd_err_str(rc));
   }
 }
 
-/* Outbound deliveries left unsettled: a log's go back to their group; a device queue's count as failed. */
-static void abandon_unsettled(wd_conn_t *c, pn_link_t *link) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (!lc || !pn_link_is_sender(link)) return;
-  if (lc->addr.kind == WD_ADDR_EGRESS)
-    wd_amqp__egress_lost_PT(c, link);
-  else
-    wd_amqp__log_release_unsettled_PT(link);
+/* Outbound deliveries a service left unsettled go back to their group. */
+static void abandon_unsettled(pn_link_t *link) {
+  if (pn_link_is_sender(link)) wd_amqp__log_release_unsettled_PT(link);
 }
 
 wd_metric_address_t wd_amqp__metric_address(wd_addr_kind_t kind) {
@@ -331,39 +361,28 @@ wd_metric_address_t wd_amqp__metric_address(wd_addr_kind_t kind) {
   }
 }
 
-void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (!lc) return;
-  if (lc->addr.kind == WD_ADDR_EGRESS)
-    wd_amqp__egress_pump_PT(c, link);
-  else if (lc->group)
-    wd_amqp__log_pump_PT(c, link);
-}
-
 void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
   if (discard) return;
   atomic_store(&c->pump_pending, false);
+  for (wd_link_ctx_t *lc = c->links; lc; lc = lc->next)
+    if (lc->lean && lc->addr.kind == WD_ADDR_EGRESS) wd_amqp__egress_pump_PT(c, lc);
   if (!c->pn) return;
   for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE))
-    if (pn_link_is_sender(l)) wd_amqp__pump_PT(c, l);
+    if (pn_link_is_sender(l) && pn_link_get_context(l)) wd_amqp__log_pump_PT(c, l);
 }
 
 static void on_link_remote_close(wd_conn_t *c, pn_link_t *link) {
   wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (c) abandon_unsettled(c, link);
-  /* Uncounted once, whoever detached first (a link warden closed itself included). */
-  if (c && lc && lc->counted) {
-    c->n_links--;
-    lc->counted = false;
-  }
+  if (c) abandon_unsettled(link);
+  if (c) wd_amqp__link_uncount_PT(lc);
   if (!(pn_link_state(link) & PN_LOCAL_CLOSED)) pn_link_close(link);
   if (!lc) {
     pn_link_free(link);
     return;
   }
   lc->closed = true;
-  if (lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(link);
+  if (lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(lc);
 }
 
 /* Ending a session ends its links, though the peer detached none of them. */
@@ -388,32 +407,49 @@ static bool admit_device(wd_conn_t *c) {
   return ok;
 }
 
-static void on_connection_remote_open(wd_conn_t *c) {
-  pn_transport_t *t = pn_connection_transport(c->pn);
+bool wd_amqp__conn_open_PT(wd_conn_t *c, uint32_t remote_idle, uint32_t *local_idle) {
   wd_amqp_t *a = c->amqp;
   if (wd_amqp__conn_count(a) > a->cfg.max_connections) {
     wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "too many connections");
-    return;
+    return false;
   }
-  /* Proton heartbeats at half the peer's idle time-out on every tick, and warden
-     ticks an engine after each write: a time-out of a few ms would have warden
-     write empty frames as fast as the socket takes them. */
-  pn_millis_t remote_idle = pn_transport_get_remote_idle_timeout(t);
+  /* Heartbeats are due at half the peer's idle time-out, and an engine is
+     ticked after each write: a time-out of a few ms would have warden write
+     empty frames as fast as the socket takes them. */
   if (remote_idle > 0 && remote_idle < MIN_PEER_IDLE_MS) {
     char why[96];
     snprintf(why, sizeof why, "idle-time-out of %u ms; warden keeps %u ms or more", (unsigned)remote_idle,
              (unsigned)MIN_PEER_IDLE_MS);
     wd_amqp__conn_close_PT(c, "amqp:invalid-field", why);
-    return;
+    return false;
   }
   if (c->who.is_device && !admit_device(c)) {
     wd_amqp__conn_close_PT(c, "amqp:unauthorized-access", "credentials revoked");
-    return;
+    return false;
   }
   /* A sleeping device may ask for a longer idle time-out than ours; grant it up to the maximum. */
   atomic_store(&c->tick_on_time, remote_idle > 0 && remote_idle < ON_TIME_IDLE_MS);
-  pn_millis_t local_idle = a->cfg.idle_timeout_ms;
-  if (remote_idle > local_idle) local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
+  *local_idle = a->cfg.idle_timeout_ms;
+  if (remote_idle > *local_idle) *local_idle = remote_idle < a->cfg.max_idle_timeout_ms ? remote_idle : a->cfg.max_idle_timeout_ms;
+  wd_amqp__conn_admitted(c);
+  if (c->who.is_device) wd_store_presence_set(a->store, c->who.id, wd_now_ms());
+  c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
+  atomic_fetch_add(c->gauge, 1);
+  wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
+         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
+  return true;
+}
+
+void wd_amqp__conn_opened_gone_PT(wd_conn_t *c) {
+  if (c->gauge) atomic_fetch_sub(c->gauge, 1);
+  if (c->gauge && c->who.is_device) wd_store_presence_set(c->amqp->store, c->who.id, atomic_load(&c->last_seen_ms));
+}
+
+/* A service's open (Proton's engine). */
+static void on_connection_remote_open(wd_conn_t *c) {
+  pn_transport_t *t = pn_connection_transport(c->pn);
+  uint32_t local_idle;
+  if (!wd_amqp__conn_open_PT(c, pn_transport_get_remote_idle_timeout(t), &local_idle)) return;
   pn_transport_set_idle_timeout(t, local_idle);
   /* Proton moves its idle deadline only when bytes arrive: until the next
      frame, warden itself holds the peer to the time-out chosen here. */
@@ -421,20 +457,13 @@ static void on_connection_remote_open(wd_conn_t *c) {
   wd_amqp__conn_watch_idle(c, wd_mono_ms() + local_idle);
   pn_connection_set_container(c->pn, "warden");
   pn_connection_open(c->pn);
-  wd_amqp__conn_admitted(c);
-  if (c->who.is_device) wd_store_presence_set(a->store, c->who.id, wd_now_ms());
-  c->gauge = c->who.is_device ? &wd_metrics.connections_device : &wd_metrics.connections_service;
-  atomic_fetch_add(c->gauge, 1);
-  wd_log("amqp", WD_LOG_INFO, "[C%llu] %s '%s' connected from %s (%s, %s)", (unsigned long long)c->id,
-         c->who.is_device ? "device" : "service", c->who.id, c->remote, c->tls ? "TLS" : "plain", c->who.mech);
 }
 
 static void on_transport_closed(wd_conn_t *c) {
-  if (c->gauge) atomic_fetch_sub(c->gauge, 1);
-  if (c->gauge && c->who.is_device) wd_store_presence_set(c->amqp->store, c->who.id, atomic_load(&c->last_seen_ms));
+  wd_amqp__conn_opened_gone_PT(c);
   for (pn_link_t *l = pn_link_head(c->pn, 0); l; l = pn_link_next(l, 0)) {
-    abandon_unsettled(c, l);
-    free_link_ctx(l);
+    abandon_unsettled(l);
+    wd_amqp__link_ctx_free(pn_link_get_context(l));
   }
   wd_amqp__conn_gone(c);
   if (c->who.authenticated)
@@ -477,10 +506,13 @@ wd_conn_t *wd_amqp__conn_accepted(wd_amqp_t *a, pn_raw_connection_t *raw, bool t
 /* The store has room again: give every inbound link its credit back. */
 static void top_up_job(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
-  if (discard || !c->pn) return;
+  if (discard) return;
+  for (wd_link_ctx_t *lc = c->links; lc; lc = lc->next)
+    if (lc->lean && wd_engine_link_inbound(lc->lean)) wd_amqp__top_up_PT(lc);
+  if (!c->pn) return;
   for (pn_link_t *l = pn_link_head(c->pn, PN_LOCAL_ACTIVE); l; l = pn_link_next(l, PN_LOCAL_ACTIVE)) {
     wd_link_ctx_t *lc = pn_link_get_context(l);
-    if (lc && pn_link_is_receiver(l)) wd_amqp__top_up_PT(l, lc, c->amqp);
+    if (lc && pn_link_is_receiver(l)) wd_amqp__top_up_PT(lc);
   }
 }
 
@@ -497,7 +529,7 @@ void wd_amqp__engine_start(wd_conn_t *c, pn_connection_t *pc, pn_transport_t *t)
 /* The first idle deadline after the open: dropped if nothing came since. */
 static void idle_check(wd_conn_t *c, void *arg, bool discard) {
   (void)arg;
-  if (discard) return;
+  if (discard || !c->pn) return;
   pn_transport_t *t = pn_connection_transport(c->pn);
   if (pn_transport_get_frames_input(t) != c->idle_frames) return;
   wd_amqp__conn_close_PT(c, "amqp:resource-limit-exceeded", "local-idle-timeout expired");
@@ -621,7 +653,7 @@ bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
     case PN_LINK_FLOW: {
       pn_link_t *link = pn_event_link(e);
       wd_link_ctx_t *lc = pn_link_get_context(link);
-      if (c && lc && pn_link_is_sender(link)) wd_amqp__pump_PT(c, link);
+      if (c && lc && pn_link_is_sender(link)) wd_amqp__log_pump_PT(c, link);
       break;
     }
     case PN_DELIVERY: {
@@ -636,15 +668,14 @@ bool wd_amqp__handle(wd_amqp_t *a, pn_event_t *e) {
         break;
       }
       if (pn_link_is_receiver(link)) {
-        if (lc->log || (c->who.is_device && lc->addr.kind == WD_ADDR_RESPONSES))
-          wd_amqp__log_on_delivery_PT(c, link, d);
-        else
-          wd_amqp__enqueue_on_delivery_PT(c, link, d);
+        size_t n;
+        uint8_t *msg = wd_amqp__recv_PT(lc, d, &n);
+        if (!msg) break;
+        wd_inbound_t in = {.pn = d, .presettled = pn_delivery_settled(d)};
+        wd_amqp__enqueue_PT(lc, &in, msg, n);
+        free(msg);
       } else if (pn_delivery_updated(d)) {
-        if (lc->addr.kind == WD_ADDR_EGRESS)
-          wd_amqp__egress_update_PT(c, link, d);
-        else
-          wd_amqp__log_outbound_update_PT(link, d);
+        wd_amqp__log_outbound_update_PT(link, d);
       }
       break;
     }

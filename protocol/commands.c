@@ -78,8 +78,8 @@ static void new_uuid(char out[37]) {
 typedef struct {
   wd_amqp_t *amqp;
   uint64_t conn_id;
-  pn_link_t *link;
-  pn_delivery_t *delivery; /* NULL when pre-settled */
+  wd_link_ctx_t *lc;
+  wd_inbound_t delivery;
   char target[WD_ID_MAX + 1];
   bool group;
   wd_metric_address_t metric;
@@ -102,24 +102,12 @@ static const char *enqueue_condition(int rc, const char **description) {
 static void enqueue_settled(wd_conn_t *c, void *arg, bool discard) {
   enqueue_job_t *j = arg;
   if (!discard) {
-    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    wd_link_ctx_t *lc = j->lc;
     if (j->rc == WD_OK) wd_metric_add(&wd_metrics.messages_in[j->metric], 1);
-    if (j->delivery) {
-      if (j->rc == WD_OK) {
-        pn_delivery_update(j->delivery, PN_ACCEPTED);
-        pn_delivery_settle(j->delivery);
-      } else {
-        const char *description;
-        const char *condition = enqueue_condition(j->rc, &description);
-        wd_amqp__reject_PT(j->delivery, condition, description);
-      }
-    }
-    lc->pending_commits--;
-    if (lc->closed && lc->pending_commits == 0) {
-      wd_amqp__link_ctx_release_PT(j->link);
-    } else {
-      wd_amqp__top_up_PT(j->link, lc, c->amqp);
-    }
+    const char *description = NULL;
+    const char *condition = j->rc == WD_OK ? NULL : enqueue_condition(j->rc, &description);
+    wd_amqp__inbound_done_PT(c, &j->delivery, condition, description);
+    if (!wd_amqp__link_unpin_PT(lc)) wd_amqp__top_up_PT(lc);
   }
   atomic_fetch_sub(&j->amqp->inflight_commits, 1);
   free(j);
@@ -168,13 +156,9 @@ static void response_address(const char *reply_to, char out[WD_REPLY_TO_MAX + 1]
     snprintf(out, WD_REPLY_TO_MAX + 1, "responses");
 }
 
-void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+void wd_amqp__enqueue_PT(wd_link_ctx_t *lc, const wd_inbound_t *d, const uint8_t *raw, size_t n) {
+  wd_conn_t *c = lc->conn;
   wd_amqp_t *a = c->amqp;
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  size_t n;
-  uint8_t *raw = wd_amqp__recv_PT(c, link, d, &n);
-  if (!raw) return;
-  bool presettled = pn_delivery_settled(d);
   const char *condition = NULL, *why = NULL;
   pn_message_t *m = pn_message();
   wd_address_t target;
@@ -261,9 +245,10 @@ void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_
   if (!j) {
     rc = WD_ERR_NOMEM;
   } else {
-    *j = (enqueue_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d,
+    *j = (enqueue_job_t){.amqp = a, .conn_id = c->id, .lc = lc, .delivery = *d,
                          .group = target.kind == WD_ADDR_GROUP_NOTIFICATIONS,
                          .metric = wd_amqp__metric_address(target.kind)};
+    if (d->presettled) j->delivery.pn = NULL;
     snprintf(j->target, sizeof j->target, "%s", target.param);
     atomic_fetch_add(&a->inflight_commits, 1);
     rc = j->group ? wd_store_group_enqueue(a->store, target.param, &msg, a->cfg.queue_limit, on_enqueued, j)
@@ -275,25 +260,20 @@ void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_
     free(j);
     goto refuse;
   }
-  if (presettled) pn_delivery_settle(d);
+  if (d->presettled) wd_amqp__inbound_done_PT(c, d, NULL, NULL);
   lc->pending_commits++;
   wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' enqueued %s '%s' for %s%s", (unsigned long long)c->id, c->who.id,
          command ? "command" : "notification", key, msg.kind == WD_QUEUE_COMMAND ? "" : "", target.param);
   pn_message_free(m);
-  free(raw);
   return;
 
 refuse:
   wd_log("amqp", WD_LOG_INFO, "[C%llu] refused a message from '%s': %s (%s)", (unsigned long long)c->id, c->who.id,
          condition, why);
-  if (presettled)
-    pn_delivery_settle(d);
-  else
-    wd_amqp__reject_PT(d, condition, why);
+  wd_amqp__inbound_done_PT(c, d, condition, why);
   free(stored);
   pn_message_free(m);
-  free(raw);
-  wd_amqp__top_up_PT(link, lc, a);
+  wd_amqp__top_up_PT(lc);
 }
 
 /* ---------------------------------------------------------------- egress */
@@ -301,47 +281,45 @@ refuse:
 typedef struct {
   wd_amqp_t *amqp;
   uint64_t conn_id;
-  pn_link_t *link;
-  pn_delivery_t *delivery;
+  wd_link_ctx_t *lc;
+  wd_engine_delivery_t delivery;
   uint64_t seq;
   int rc;
 } egress_job_t;
 
-static void inflight_remove(wd_link_ctx_t *lc, uint64_t seq) {
-  for (size_t i = 0; i < lc->n_inflight; i++) {
-    if (lc->inflight[i] == seq) {
-      lc->inflight[i] = lc->inflight[--lc->n_inflight];
+static void seq_remove(uint64_t *seqs, size_t *n, uint64_t seq) {
+  for (size_t i = 0; i < *n; i++) {
+    if (seqs[i] == seq) {
+      seqs[i] = seqs[--*n];
       return;
     }
   }
 }
 
-static bool inflight_add(wd_link_ctx_t *lc, uint64_t seq) {
-  if (lc->n_inflight == lc->cap_inflight) {
-    size_t cap = lc->cap_inflight ? lc->cap_inflight * 2 : 16;
-    uint64_t *p = realloc(lc->inflight, cap * sizeof *p);
+static bool seq_add(uint64_t **seqs, size_t *n, size_t *cap, uint64_t seq) {
+  if (*n == *cap) {
+    size_t grown = *cap ? *cap * 2 : 16;
+    uint64_t *p = realloc(*seqs, grown * sizeof *p);
     if (!p) return false;
-    lc->inflight = p;
-    lc->cap_inflight = cap;
+    *seqs = p;
+    *cap = grown;
   }
-  lc->inflight[lc->n_inflight++] = seq;
+  (*seqs)[(*n)++] = seq;
   return true;
 }
 
-/* Ends a job that held the link: frees a detached link when it was the last. */
-static void egress_job_done_PT(egress_job_t *j, wd_link_ctx_t *lc) {
-  lc->pending_commits--;
-  if (lc->closed && lc->pending_commits == 0) wd_amqp__link_ctx_release_PT(j->link);
+static void inflight_remove(wd_link_ctx_t *lc, uint64_t seq) { seq_remove(lc->inflight, &lc->n_inflight, seq); }
+
+/* A store write for the link is done: pumps on unless the link is gone (its context freed with the last). */
+static void egress_unpin(wd_conn_t *c, wd_link_ctx_t *lc) {
+  if (!wd_amqp__link_unpin_PT(lc) && !lc->closed) wd_amqp__egress_pump_PT(c, lc);
 }
 
 static void egress_recovered(wd_conn_t *c, void *arg, bool discard) {
   egress_job_t *j = arg;
   if (!discard) {
-    wd_link_ctx_t *lc = pn_link_get_context(j->link);
-    lc->egress_ready = true;
-    bool closed = lc->closed;
-    egress_job_done_PT(j, lc);
-    if (!closed) wd_amqp__egress_pump_PT(c, j->link);
+    j->lc->egress_ready = true;
+    egress_unpin(c, j->lc);
   }
   free(j);
 }
@@ -355,12 +333,9 @@ static void on_store_done(void *ctx, int rc) {
 static void egress_settled(wd_conn_t *c, void *arg, bool discard) {
   egress_job_t *j = arg;
   if (!discard) {
-    wd_link_ctx_t *lc = pn_link_get_context(j->link);
-    pn_delivery_settle(j->delivery);
-    inflight_remove(lc, j->seq);
-    bool closed = lc->closed;
-    egress_job_done_PT(j, lc);
-    if (!closed) wd_amqp__egress_pump_PT(c, j->link);
+    wd_engine_settle(c->engine, j->delivery, WD_ENGINE_NONE, NULL, NULL);
+    inflight_remove(j->lc, j->seq);
+    egress_unpin(c, j->lc);
   }
   free(j);
 }
@@ -371,20 +346,20 @@ static void on_settle_done(void *ctx, int rc) {
   wd_amqp__post(j->amqp, j->conn_id, egress_settled, j);
 }
 
-static egress_job_t *egress_job(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, uint64_t seq) {
-  egress_job_t *j = malloc(sizeof *j);
-  if (j) *j = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .link = link, .delivery = d, .seq = seq};
+static egress_job_t *egress_job(wd_conn_t *c, wd_link_ctx_t *lc, uint64_t seq) {
+  egress_job_t *j = calloc(1, sizeof *j);
+  if (j) *j = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .lc = lc, .seq = seq};
   return j;
 }
 
-void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
-  pn_link_set_snd_settle_mode(link, PN_SND_UNSETTLED);
-  pn_link_open(link);
+void wd_amqp__egress_open_PT(wd_link_ctx_t *lc) {
+  wd_conn_t *c = lc->conn;
+  wd_engine_link_open(lc->lean, 0);
   pthread_mutex_lock(&c->amqp->conns_lock);
   c->has_egress = true;
   pthread_mutex_unlock(&c->amqp->conns_lock);
   /* Deliveries a lost connection left unsettled count as failed before anything is sent again. */
-  egress_job_t *j = egress_job(c, link, NULL, 0);
+  egress_job_t *j = egress_job(c, lc, 0);
   if (j && wd_store_queue_recover(c->amqp->store, c->who.id, on_store_done, j) == WD_OK) {
     lc->pending_commits++;
   } else {
@@ -402,24 +377,22 @@ typedef struct {
 static void egress_send(wd_conn_t *c, void *arg, bool discard) {
   delivery_job_t *sj = arg;
   if (!discard) {
-    pn_link_t *link = sj->job.link;
-    wd_link_ctx_t *lc = pn_link_get_context(link);
+    wd_link_ctx_t *lc = sj->job.lc;
     wd_store_queued_t *q = &sj->msg;
+    bool sent = false;
     if (sj->job.rc == WD_OK && !lc->closed && !c->closing) {
       uint8_t header[WD_MSG_HEADER_MAX], tag[8];
       size_t hlen = wd_msg_header_encode(header, q->durable, q->priority, q->ttl_ms, q->delivery_count);
       wd_amqp__seq_tag(q->seq, tag);
-      pn_delivery(link, pn_dtag((const char *)tag, sizeof tag));
-      pn_link_send(link, (const char *)header, hlen);
-      pn_link_send(link, q->data, q->len);
-      pn_link_advance(link);
-      wd_metric_add(&wd_metrics.messages_out[q->kind == WD_QUEUE_NOTIFICATION ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
-    } else {
-      /* Not sent (gone, or the mark failed): free its place; a durable mark counts as an attempt at recovery. */
-      inflight_remove(lc, q->seq);
+      sent = wd_engine_send(lc->lean, tag, sizeof tag, header, hlen, q->data, q->len, false, NULL) == 0 &&
+             seq_add(&lc->awaiting, &lc->n_awaiting, &lc->cap_awaiting, q->seq);
+      if (sent)
+        wd_metric_add(&wd_metrics.messages_out[q->kind == WD_QUEUE_NOTIFICATION ? WD_MA_NOTIFICATIONS : WD_MA_COMMANDS], 1);
     }
+    /* Not sent (gone, or the mark failed): free its place; a durable mark counts as an attempt at recovery. */
+    if (!sent) inflight_remove(lc, q->seq);
     lc->marking--;
-    egress_job_done_PT(&sj->job, lc);
+    egress_unpin(c, lc);
   }
   wd_store_queued_free(&sj->msg);
   free(sj);
@@ -434,24 +407,25 @@ static void on_marked(void *ctx, int rc) {
 /* Reads what the credit allows and marks it delivered; each is sent when its
  * mark has committed, so a crash before the device sees it leaves a durable
  * attempt (redelivered with delivery-count raised), never a silent one. */
-void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (!lc || !lc->egress_ready || lc->closed || c->closing) return;
-  /* Credit not yet matched by a send in flight. A peer's link-credit past
-     INT_MAX reaches here negative: in 64 bits that cannot overflow. */
-  int64_t credit = (int64_t)pn_link_credit(link) - lc->marking;
-  if (credit <= 0) return;
+void wd_amqp__egress_pump_PT(wd_conn_t *c, wd_link_ctx_t *lc) {
+  if (!lc->egress_ready || lc->closed || !lc->lean || c->closing) return;
+  /* Credit not yet matched by a send in flight. */
+  int64_t credit = (int64_t)wd_engine_link_credit(lc->lean) - lc->marking;
+  if (credit <= 0) {
+    if (lc->marking == 0) wd_engine_link_drained(lc->lean);
+    return;
+  }
   wd_store_queued_t *msgs = NULL;
   int n = wd_store_queue_read(c->amqp->store, c->who.id, lc->inflight, lc->n_inflight, (size_t)credit, wd_now_ms(),
                               &msgs);
   int i = 0;
   for (; i < n; i++) {
     delivery_job_t *sj = calloc(1, sizeof *sj);
-    if (!sj || !inflight_add(lc, msgs[i].seq)) {
+    if (!sj || !seq_add(&lc->inflight, &lc->n_inflight, &lc->cap_inflight, msgs[i].seq)) {
       free(sj);
       break;
     }
-    sj->job = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .link = link, .seq = msgs[i].seq};
+    sj->job = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .lc = lc, .seq = msgs[i].seq};
     sj->msg = msgs[i];
     memset(&msgs[i], 0, sizeof msgs[i]); /* now the job's */
     if (wd_store_queue_settle(c->amqp->store, c->who.id, sj->msg.seq, WD_SETTLE_DELIVERED, on_marked, sj) < 0) {
@@ -465,56 +439,56 @@ void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link) {
   }
   for (int k = 0; k < n; k++) wd_store_queued_free(&msgs[k]);
   free(msgs);
+  /* Nothing (more) to send to a device that asked for a drain: its credit is used up. */
+  if (n <= 0 && lc->marking == 0) wd_engine_link_drained(lc->lean);
 }
 
-static char outcome_marker;
+static uint64_t tag_seq(const wd_engine_outcome_t *o) {
+  uint64_t seq = 0;
+  if (o->tag_len != 8) return 0;
+  for (size_t i = 0; i < 8; i++) seq = seq << 8 | o->tag[i];
+  return seq;
+}
 
-void wd_amqp__egress_update_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (!lc || pn_delivery_get_context(d) == &outcome_marker) return;
-  uint64_t state = pn_delivery_remote_state(d);
-  bool settled = pn_delivery_settled(d);
+void wd_amqp__egress_outcome_PT(wd_link_ctx_t *lc, wd_engine_delivery_t d, const wd_engine_outcome_t *o) {
+  wd_conn_t *c = lc->conn;
+  uint64_t seq = tag_seq(o);
+  size_t before = lc->n_awaiting;
+  seq_remove(lc->awaiting, &lc->n_awaiting, seq);
+  if (lc->n_awaiting == before) return; /* its outcome is being recorded already */
   wd_settle_t how;
-  switch (state) {
-    case PN_ACCEPTED: how = WD_SETTLE_COMPLETED; break;
-    case PN_REJECTED: how = WD_SETTLE_REJECTED; break;
-    case PN_RELEASED: how = WD_SETTLE_RELEASED; break;
-    case PN_MODIFIED: {
-      pn_disposition_t *disp = pn_delivery_remote(d);
-      how = pn_disposition_is_undeliverable(disp) ? WD_SETTLE_UNDELIVERABLE
-            : pn_disposition_is_failed(disp)      ? WD_SETTLE_FAILED
-                                                  : WD_SETTLE_RELEASED;
+  switch (o->state) {
+    case WD_ENGINE_ACCEPTED: how = WD_SETTLE_COMPLETED; break;
+    case WD_ENGINE_REJECTED: how = WD_SETTLE_REJECTED; break;
+    case WD_ENGINE_RELEASED: how = WD_SETTLE_RELEASED; break;
+    case WD_ENGINE_MODIFIED:
+      how = o->undeliverable_here ? WD_SETTLE_UNDELIVERABLE : o->delivery_failed ? WD_SETTLE_FAILED : WD_SETTLE_RELEASED;
       break;
-    }
     default:
-      if (!settled) return;
+      if (!o->settled) {
+        seq_add(&lc->awaiting, &lc->n_awaiting, &lc->cap_awaiting, seq); /* no outcome yet: still awaited */
+        return;
+      }
       how = WD_SETTLE_COMPLETED; /* settled without an outcome: the device took it */
   }
-  pn_delivery_set_context(d, &outcome_marker);
-  uint64_t seq = wd_amqp__tag_seq(d);
-  egress_job_t *j = egress_job(c, link, d, seq);
+  egress_job_t *j = egress_job(c, lc, seq);
+  if (j) j->delivery = d;
   if (j && wd_store_queue_settle(c->amqp->store, c->who.id, seq, how, on_settle_done, j) == WD_OK) {
     lc->pending_commits++;
     return;
   }
   free(j);
-  pn_delivery_settle(d);
+  wd_engine_settle(c->engine, d, WD_ENGINE_NONE, NULL, NULL);
   inflight_remove(lc, seq);
 }
 
-void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link) {
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  if (!lc || lc->addr.kind != WD_ADDR_EGRESS) return;
-  pn_delivery_t *d = pn_unsettled_head(link);
-  while (d) {
-    pn_delivery_t *next = pn_unsettled_next(d);
-    if (pn_delivery_get_context(d) != &outcome_marker) {
-      wd_store_queue_settle(c->amqp->store, c->who.id, wd_amqp__tag_seq(d), WD_SETTLE_FAILED, NULL, NULL);
-      inflight_remove(lc, wd_amqp__tag_seq(d));
-      pn_delivery_settle(d);
-    }
-    d = next;
+void wd_amqp__egress_lost_PT(wd_link_ctx_t *lc) {
+  wd_conn_t *c = lc->conn;
+  for (size_t i = 0; i < lc->n_awaiting; i++) {
+    wd_store_queue_settle(c->amqp->store, c->who.id, lc->awaiting[i], WD_SETTLE_FAILED, NULL, NULL);
+    inflight_remove(lc, lc->awaiting[i]);
   }
+  lc->n_awaiting = 0;
 }
 
 /* ----------------------------------------------------------------- notify */

@@ -1,8 +1,9 @@
 #ifndef WD_PROTOCOL_FRAME_GUARD_H
 #define WD_PROTOCOL_FRAME_GUARD_H
 
-/* Reads what a peer sends after SASL - the AMQP protocol header and every
+/* Reads what a service sends after SASL - the AMQP protocol header and every
  * frame - before Proton does, and stops the frames Proton 0.37 cannot take.
+ * (Devices are served by warden's own engine, protocol/engine.c.)
  *
  * One such frame is known: a transfer with more=true and no delivery-id that
  * does not continue a multi-frame delivery on its link. Proton then fails

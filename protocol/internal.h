@@ -18,8 +18,10 @@
 #include "gateway/base/metrics.h"
 #include "protocol/address.h"
 #include "protocol/amqp.h"
+#include "protocol/engine.h"
 
 typedef struct wd_conn wd_conn_t;
+typedef struct wd_link_ctx wd_link_ctx_t;
 
 /* Work handed to a connection from another thread. It runs on the
  * connection's proactor batch with discard = false, or - when the connection
@@ -57,7 +59,9 @@ typedef struct wd_peer_addr {
 struct wd_conn {
   uint64_t id;
   wd_amqp_t *amqp;
-  pn_connection_t *pn;      /* the engine's, once the peer has logged in; NULL before */
+  pn_connection_t *pn;      /* a service's: Proton's engine, once it has logged in; NULL before */
+  wd_engine_t *engine;      /* a device's: warden's own engine, once it has logged in (decision 8) */
+  wd_link_ctx_t *links;     /* a device's link contexts: attached, or detached and still held by store writes */
   pn_raw_connection_t *raw; /* its socket (stream.c), woken for posted jobs */
   _Atomic int64_t tick_due_ms; /* when the engine's heartbeat or idle deadline next needs a tick; 0 none */
   _Atomic bool tick_on_time;   /* the peer's idle time-out is too short for the once-a-second housekeeping */
@@ -100,9 +104,14 @@ struct wd_conn {
   bool closing;
 };
 
-/* What a link is for; stored as the link's context. */
-typedef struct {
+/* What a link is for; stored as the link's context. It outlives a detached
+ * link while store writes that will touch it are pending. */
+struct wd_link_ctx {
   wd_address_t addr;
+  wd_conn_t *conn;
+  pn_link_t *pn;            /* a service's link (Proton) */
+  wd_engine_link_t *lean;   /* a device's link (warden's engine); NULL once detached */
+  wd_link_ctx_t *next;      /* in conn->links (devices) */
   int pending_commits;      /* store writes whose completion will touch this link */
   bool closed;              /* detached: free when pending_commits reaches 0 */
   bool counted;             /* counts against the connection's max_links */
@@ -112,7 +121,16 @@ typedef struct {
   uint64_t *inflight;       /* device egress: sequence numbers sent (or being marked), not yet settled */
   int marking;              /* device egress: marks in flight, each to be sent when it commits */
   size_t n_inflight, cap_inflight;
-} wd_link_ctx_t;
+  uint64_t *awaiting;       /* device egress: sent, and no outcome from the device yet */
+  size_t n_awaiting, cap_awaiting;
+};
+
+/* A delivery warden received, to be settled once its message is stored. */
+typedef struct {
+  pn_delivery_t *pn;         /* a service's (Proton); NULL otherwise */
+  wd_engine_delivery_t lean; /* a device's (warden's engine) */
+  bool presettled;           /* the peer wants no outcome */
+} wd_inbound_t;
 
 struct wd_amqp {
   wd_amqp_config_t cfg; /* strings and services owned (deep copy) */
@@ -235,9 +253,10 @@ wd_sasl_status_t wd_amqp__sasl_read(wd_sasl_t *s, const uint8_t *p, size_t n, si
                                     void *arg, wd_identity_t *who);
 
 /* logs.c: device messages into logs; services reading logs. */
-/* Opens any link the peer sends on: a device writing a log, or anyone enqueueing. */
-void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
-void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
+/* A device's link on telemetry or inquiries writes its log. */
+void wd_amqp__log_open_PT(wd_link_ctx_t *lc);
+/* A device's message into its link's log (or, for a response, the log its command names). msg: borrowed. */
+void wd_amqp__log_message_PT(wd_link_ctx_t *lc, const wd_inbound_t *d, const uint8_t *msg, size_t n);
 int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
 void wd_amqp__log_pump_PT(wd_conn_t *c, pn_link_t *link);
 void wd_amqp__log_outbound_update_PT(pn_link_t *link, pn_delivery_t *d);
@@ -245,12 +264,14 @@ void wd_amqp__log_release_unsettled_PT(pn_link_t *link);
 void wd_amqp__log_appended(void *arg, wd_store_log_t *log);
 
 /* commands.c: enqueueing, and delivering device queues. */
-void wd_amqp__enqueue_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
-void wd_amqp__egress_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc);
-void wd_amqp__egress_pump_PT(wd_conn_t *c, pn_link_t *link);
-void wd_amqp__egress_update_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d);
-/* The link or connection is gone: unsettled deliveries count as failed. */
-void wd_amqp__egress_lost_PT(wd_conn_t *c, pn_link_t *link);
+/* A message for a device's queue (or a group's), from a service or a permitted device. raw: borrowed. */
+void wd_amqp__enqueue_PT(wd_link_ctx_t *lc, const wd_inbound_t *d, const uint8_t *raw, size_t n);
+/* A device receiving its queue (warden's engine). */
+void wd_amqp__egress_open_PT(wd_link_ctx_t *lc);
+void wd_amqp__egress_pump_PT(wd_conn_t *c, wd_link_ctx_t *lc);
+void wd_amqp__egress_outcome_PT(wd_link_ctx_t *lc, wd_engine_delivery_t d, const wd_engine_outcome_t *o);
+/* The link or connection is gone: deliveries without an outcome count as failed. */
+void wd_amqp__egress_lost_PT(wd_link_ctx_t *lc);
 void wd_amqp__codec_install(wd_amqp_t *a, uint32_t max_delivery_count);
 /* Posts an egress pump to the device's connection, if it has one. Thread-safe. */
 void wd_amqp__notify_device(wd_amqp_t *a, const char *device_id);
@@ -269,8 +290,6 @@ wd_metric_address_t wd_amqp__metric_address(wd_addr_kind_t kind);
 void wd_amqp__seq_tag(uint64_t seq, uint8_t tag[8]);
 uint64_t wd_amqp__tag_seq(pn_delivery_t *d);
 
-/* Sends what the credit of each of c's outbound links allows (log or device queue). */
-void wd_amqp__pump_PT(wd_conn_t *c, pn_link_t *link);
 /* A posted job that pumps every outbound link of the connection. */
 void wd_amqp__pump_job(wd_conn_t *c, void *arg, bool discard);
 
@@ -280,12 +299,20 @@ void wd_amqp__waiter_respond(wd_amqp_t *a, const char *device_id, const char *me
 void wd_amqp__waiters_expire(wd_amqp_t *a, int64_t now_mono_ms);
 void wd_amqp__waiters_fini(wd_amqp_t *a);
 
-/* Reads a complete incoming delivery into a buffer, enforcing the size limit.
- * Returns the buffer (owned) or NULL after settling/closing as appropriate. */
-uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len);
-void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description);
+/* Reads a complete incoming delivery of a service into a buffer, enforcing the
+ * size limit. Returns the buffer (owned) or NULL after settling/closing as appropriate. */
+uint8_t *wd_amqp__recv_PT(wd_link_ctx_t *lc, pn_delivery_t *d, size_t *len);
+/* Logs a message refused for its size. */
+void wd_amqp__oversize_PT(wd_link_ctx_t *lc, size_t len);
+/* Settles a received delivery: accepted when condition is NULL, else
+ * rejected with it; one the peer pre-settled is just let go. */
+void wd_amqp__inbound_done_PT(wd_conn_t *c, const wd_inbound_t *d, const char *condition, const char *description);
 /* Grants credit so that credit plus commits pending stays near WD_CREDIT_WINDOW. */
-void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a);
+void wd_amqp__top_up_PT(wd_link_ctx_t *lc);
+/* Detaches a link that broke a rule; what it still has in flight is settled by the usual paths. */
+void wd_amqp__link_end_PT(wd_link_ctx_t *lc, const char *condition, const char *description);
+/* A store write that held lc is done. Returns true when that freed it (its link had gone). */
+bool wd_amqp__link_unpin_PT(wd_link_ctx_t *lc);
 
 /* amqp.c */
 /* Registers a connection the moment its socket is accepted and counts it
@@ -307,11 +334,32 @@ void wd_amqp__tls_fini(wd_amqp_t *a);
 /* Accepts a connection on listener l (NULL: a test's, see driver.h). */
 void wd_amqp__stream_accept(wd_amqp_t *a, pn_listener_t *l, bool tls);
 void wd_amqp__stream_event(pn_event_type_t type, pn_raw_connection_t *raw);
+/* Sends bytes to the peer of c (through TLS on the TLS port); < 0 when it cannot. */
+int wd_amqp__stream_write_PT(wd_conn_t *c, const uint8_t *p, size_t n);
 /* Stops reading and writing at once: no close frame, no waiting for the peer. */
 void wd_amqp__conn_abort_PT(wd_conn_t *c);
 
-void wd_amqp__link_ctx_release_PT(pn_link_t *link);
+/* Frees a link's context (NULL: nothing); release also lets go of a service's Proton link. */
+void wd_amqp__link_ctx_free(wd_link_ctx_t *lc);
+void wd_amqp__link_ctx_release_PT(wd_link_ctx_t *lc);
 void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char *description);
+/* Decides an attach by the address rules, the registry and max_links.
+ * Returns a new context, counted against the connection; or NULL with the
+ * condition and reason to refuse it with. */
+wd_link_ctx_t *wd_amqp__link_decide_PT(wd_conn_t *c, bool inbound, const char *address, const char **condition,
+                                       const char **why);
+/* The link no longer counts against max_links (once, whoever detached first). */
+void wd_amqp__link_uncount_PT(wd_link_ctx_t *lc);
+/* The peer's open: admits the connection or closes it. *local_idle: the idle time-out warden will keep. */
+bool wd_amqp__conn_open_PT(wd_conn_t *c, uint32_t remote_idle, uint32_t *local_idle);
+/* An admitted connection's end: gauges and presence. */
+void wd_amqp__conn_opened_gone_PT(wd_conn_t *c);
+
+/* device.c: a device's connection on warden's own engine. */
+/* Gives the device's connection its engine (c->engine); NULL when out of memory. */
+wd_engine_t *wd_amqp__device_engine_new(wd_conn_t *c);
+/* The connection's socket is gone: detaches every link, frees the engine. */
+void wd_amqp__device_gone_PT(wd_conn_t *c);
 
 /* Messages a link may have outstanding (credit plus commits pending). With
  * commits of 0.4-1 ms that is still 100 000 msg/s for one link; a larger window

@@ -29,14 +29,18 @@
 typedef struct {
   wd_amqp_t *amqp;
   uint64_t conn_id;
-  pn_link_t *link;
-  pn_delivery_t *delivery; /* NULL when the sender pre-settled */
+  wd_link_ctx_t *lc;
+  wd_inbound_t delivery;
   int rc;
 } commit_job_t;
 
+static int link_credit(const wd_link_ctx_t *lc) {
+  return lc->lean ? wd_engine_link_credit(lc->lean) : pn_link_credit(lc->pn);
+}
+
 /* How much of `want` a device's rate allows now; spends it. A device with
  * none left and nothing in flight is parked until the tick. */
-static int rate_allows(wd_conn_t *c, pn_link_t *link, int want) {
+static int rate_allows(wd_conn_t *c, wd_link_ctx_t *lc, int want) {
   uint32_t rate = c->amqp->cfg.device_rate;
   if (!rate || !c->who.is_device) return want;
   int64_t now = wd_mono_ms();
@@ -49,72 +53,87 @@ static int rate_allows(wd_conn_t *c, pn_link_t *link, int want) {
   c->rate_refill_ms = now;
   int n = c->rate_tokens < want ? (int)c->rate_tokens : want;
   c->rate_tokens -= n;
-  if (n < want && pn_link_credit(link) + n == 0) wd_amqp__conn_throttle(c);
+  if (n < want && link_credit(lc) + n == 0) wd_amqp__conn_throttle(c);
   return n;
 }
 
-/* Ends an inbound link that broke a rule; what it still has in flight is settled by the usual paths. */
-static void end_link(pn_link_t *link, wd_link_ctx_t *lc, const char *condition, const char *description) {
-  pn_condition_t *cond = pn_link_condition(link);
+void wd_amqp__link_end_PT(wd_link_ctx_t *lc, const char *condition, const char *description) {
+  if (lc->closed) return;
+  lc->closed = true;
+  if (lc->lean) {
+    wd_engine_link_close(lc->lean, condition, description);
+    return;
+  }
+  pn_condition_t *cond = pn_link_condition(lc->pn);
   pn_condition_set_name(cond, condition);
   pn_condition_set_description(cond, description);
-  pn_link_close(link);
-  lc->closed = true;
+  pn_link_close(lc->pn);
 }
 
-void wd_amqp__top_up_PT(pn_link_t *link, wd_link_ctx_t *lc, wd_amqp_t *a) {
+void wd_amqp__top_up_PT(wd_link_ctx_t *lc) {
+  wd_amqp_t *a = lc->conn->amqp;
   if (lc->closed || atomic_load(&a->stopping)) return;
   /* A nearly full store grants devices no new credit: nothing is dropped, they wait. */
   if (lc->log && wd_store_under_pressure(a->store)) return;
-  int credit = pn_link_credit(link);
+  int credit = link_credit(lc);
   if (credit < 0) {
     /* warden never takes credit back, so only a peer that sent past its
        credit, or moved its delivery-count past it in a flow, gets here. */
-    end_link(link, lc, "amqp:link:transfer-limit-exceeded", "the sender went past the credit it was given");
+    wd_amqp__link_end_PT(lc, "amqp:link:transfer-limit-exceeded", "the sender went past the credit it was given");
     return;
   }
   int outstanding = credit + lc->pending_commits;
   if (outstanding >= WD_CREDIT_WINDOW / 2) return;
   /* A device over its rate gets no credit: it waits, nothing is dropped. */
-  wd_conn_t *c = pn_connection_get_context(pn_session_connection(pn_link_session(link)));
-  int n = c ? rate_allows(c, link, WD_CREDIT_WINDOW - outstanding) : WD_CREDIT_WINDOW - outstanding;
-  if (n > 0) pn_link_flow(link, n);
+  int n = rate_allows(lc->conn, lc, WD_CREDIT_WINDOW - outstanding);
+  if (n <= 0) return;
+  if (lc->lean)
+    wd_engine_link_flow(lc->lean, n);
+  else
+    pn_link_flow(lc->pn, n);
 }
 
-void wd_amqp__reject_PT(pn_delivery_t *d, const char *condition, const char *description) {
-  pn_condition_t *cond = pn_disposition_condition(pn_delivery_local(d));
-  pn_condition_set_name(cond, condition);
-  pn_condition_set_description(cond, description);
-  pn_delivery_update(d, PN_REJECTED);
-  pn_delivery_settle(d);
+void wd_amqp__inbound_done_PT(wd_conn_t *c, const wd_inbound_t *d, const char *condition, const char *description) {
+  if (d->pn) {
+    if (condition && !d->presettled) {
+      pn_condition_t *cond = pn_disposition_condition(pn_delivery_local(d->pn));
+      pn_condition_set_name(cond, condition);
+      pn_condition_set_description(cond, description);
+      pn_delivery_update(d->pn, PN_REJECTED);
+    } else if (!d->presettled) {
+      pn_delivery_update(d->pn, PN_ACCEPTED);
+    }
+    pn_delivery_settle(d->pn);
+  } else if (!d->presettled && c->engine) {
+    wd_engine_settle(c->engine, d->lean, condition ? WD_ENGINE_REJECTED : WD_ENGINE_ACCEPTED, condition,
+                     description);
+  }
 }
 
 /* A transfer still arriving that has grown this far past the limit ends its
  * link: rejecting it would mean buffering all of it first. */
 #define OVERSIZE_SLACK (64 * 1024)
 
-uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_t *len) {
+uint8_t *wd_amqp__recv_PT(wd_link_ctx_t *lc, pn_delivery_t *d, size_t *len) {
+  wd_conn_t *c = lc->conn;
   wd_amqp_t *a = c->amqp;
-  wd_link_ctx_t *lc = pn_link_get_context(link);
+  pn_link_t *link = lc->pn;
   size_t pending = pn_delivery_pending(d);
   bool partial = pn_delivery_partial(d);
+  wd_inbound_t in = {.pn = d, .presettled = pn_delivery_settled(d)};
   if (pending > a->cfg.max_message_size && (partial || !pn_delivery_readable(d))) {
     if (pending <= (size_t)a->cfg.max_message_size + OVERSIZE_SLACK) return NULL; /* wait for the rest */
     wd_log("amqp", WD_LOG_WARNING, "[C%llu] '%s' is sending a message far over %u bytes; detaching the link",
            (unsigned long long)c->id, c->who.id, a->cfg.max_message_size);
-    end_link(link, lc, "amqp:link:message-size-exceeded", "message larger than max_message_size");
+    wd_amqp__link_end_PT(lc, "amqp:link:message-size-exceeded", "message larger than max_message_size");
     return NULL;
   }
   if (!pn_delivery_readable(d) || partial) return NULL;
   if (pending > a->cfg.max_message_size) {
     pn_link_advance(link);
-    wd_log("amqp", WD_LOG_INFO, "[C%llu] rejected a message of %zu bytes from '%s' (limit %u)",
-           (unsigned long long)c->id, pending, c->who.id, a->cfg.max_message_size);
-    if (pn_delivery_settled(d))
-      pn_delivery_settle(d);
-    else
-      wd_amqp__reject_PT(d, "amqp:link:message-size-exceeded", "message larger than max_message_size");
-    wd_amqp__top_up_PT(link, lc, a);
+    wd_amqp__oversize_PT(lc, pending);
+    wd_amqp__inbound_done_PT(c, &in, "amqp:link:message-size-exceeded", "message larger than max_message_size");
+    wd_amqp__top_up_PT(lc);
     return NULL;
   }
   uint8_t *raw = malloc(pending ? pending : 1);
@@ -123,39 +142,41 @@ uint8_t *wd_amqp__recv_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d, size_
   atomic_store(&c->last_seen_ms, wd_now_ms());
   if (lc->closed || !raw || n <= 0) {
     free(raw);
-    if (pn_delivery_settled(d) || lc->closed)
-      pn_delivery_settle(d);
-    else if (!raw)
-      wd_amqp__reject_PT(d, "amqp:resource-limit-exceeded", "out of memory");
-    else
-      wd_amqp__reject_PT(d, "amqp:decode-error", "an empty transfer is not a message");
-    wd_amqp__top_up_PT(link, lc, a);
+    if (lc->closed) in.presettled = true; /* let go without an outcome */
+    wd_amqp__inbound_done_PT(c, &in, !raw ? "amqp:resource-limit-exceeded" : "amqp:decode-error",
+                             !raw ? "out of memory" : "an empty transfer is not a message");
+    wd_amqp__top_up_PT(lc);
     return NULL;
   }
   *len = (size_t)n;
   return raw;
 }
 
+void wd_amqp__oversize_PT(wd_link_ctx_t *lc, size_t len) {
+  wd_conn_t *c = lc->conn;
+  wd_log("amqp", WD_LOG_INFO, "[C%llu] rejected a message of %zu bytes from '%s' (limit %u)",
+         (unsigned long long)c->id, len, c->who.id, c->amqp->cfg.max_message_size);
+}
+
+bool wd_amqp__link_unpin_PT(wd_link_ctx_t *lc) {
+  lc->pending_commits--;
+  if (!lc->closed || lc->pending_commits > 0 || lc->lean) return false;
+  wd_amqp__link_ctx_release_PT(lc);
+  return true;
+}
+
 static void settle_committed(wd_conn_t *c, void *arg, bool discard) {
   commit_job_t *j = arg;
   if (!discard) {
-    wd_link_ctx_t *lc = pn_link_get_context(j->link);
+    wd_link_ctx_t *lc = j->lc;
     if (j->rc == WD_OK) wd_metric_add(&wd_metrics.messages_in[wd_amqp__metric_address(lc->addr.kind)], 1);
-    if (j->delivery) {
-      if (j->rc == WD_OK) {
-        pn_delivery_update(j->delivery, PN_ACCEPTED);
-        pn_delivery_settle(j->delivery);
-      } else if (j->rc == WD_ERR_FULL || j->rc == WD_ERR_BUSY) {
-        wd_amqp__reject_PT(j->delivery, "amqp:resource-limit-exceeded", "the store is full; try again later");
-      } else {
-        wd_amqp__reject_PT(j->delivery, "amqp:internal-error", wd_err_str(j->rc));
-      }
-    }
-    lc->pending_commits--;
-    if (lc->closed && lc->pending_commits == 0)
-      wd_amqp__link_ctx_release_PT(j->link);
+    if (j->rc == WD_OK)
+      wd_amqp__inbound_done_PT(c, &j->delivery, NULL, NULL);
+    else if (j->rc == WD_ERR_FULL || j->rc == WD_ERR_BUSY)
+      wd_amqp__inbound_done_PT(c, &j->delivery, "amqp:resource-limit-exceeded", "the store is full; try again later");
     else
-      wd_amqp__top_up_PT(j->link, lc, c->amqp);
+      wd_amqp__inbound_done_PT(c, &j->delivery, "amqp:internal-error", wd_err_str(j->rc));
+    if (!wd_amqp__link_unpin_PT(lc)) wd_amqp__top_up_PT(lc);
   }
   atomic_fetch_sub(&j->amqp->inflight_commits, 1);
   free(j);
@@ -165,19 +186,6 @@ static void on_committed(void *ctx, int rc) {
   commit_job_t *j = ctx;
   j->rc = rc;
   wd_amqp__post(j->amqp, j->conn_id, settle_committed, j);
-}
-
-void wd_amqp__inbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {
-  /* A device writing a log; any other inbound link enqueues (lc->log stays NULL). */
-  const char *name = !c->who.is_device                    ? NULL
-                     : lc->addr.kind == WD_ADDR_TELEMETRY ? "telemetry"
-                     : lc->addr.kind == WD_ADDR_INQUIRIES ? "inquiries"
-                                                          : NULL;
-  if (name) wd_store_log_open(c->amqp->store, name, &lc->log);
-  pn_link_set_max_message_size(link, c->amqp->cfg.max_message_size);
-  pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
-  pn_link_open(link);
-  wd_amqp__top_up_PT(link, lc, c->amqp);
 }
 
 /* The payload of a response as bytes: a data section or a string value as
@@ -231,29 +239,30 @@ static wd_store_log_t *response_log(wd_conn_t *c, const uint8_t *raw, size_t len
   return log;
 }
 
-void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d) {
+void wd_amqp__log_open_PT(wd_link_ctx_t *lc) {
+  const char *name = lc->addr.kind == WD_ADDR_TELEMETRY ? "telemetry"
+                     : lc->addr.kind == WD_ADDR_INQUIRIES ? "inquiries"
+                                                          : NULL;
+  if (name) wd_store_log_open(lc->conn->amqp->store, name, &lc->log);
+}
+
+void wd_amqp__log_message_PT(wd_link_ctx_t *lc, const wd_inbound_t *d, const uint8_t *msg, size_t n) {
+  wd_conn_t *c = lc->conn;
   wd_amqp_t *a = c->amqp;
-  wd_link_ctx_t *lc = pn_link_get_context(link);
-  size_t n;
-  uint8_t *raw = wd_amqp__recv_PT(c, link, d, &n);
-  if (!raw) return;
-  bool presettled = pn_delivery_settled(d);
-  wd_store_log_t *log = lc->log ? lc->log : response_log(c, raw, n);
+  atomic_store(&c->last_seen_ms, wd_now_ms());
+  wd_store_log_t *log = lc->log ? lc->log : response_log(c, msg, n);
   uint8_t *rec = NULL;
   size_t rec_len, seq_offset;
-  int rc = log ? wd_msg_annotate(raw, n, c->who.id, wd_now_ms(), &rec, &rec_len, &seq_offset) : WD_ERR_NOMEM;
-  free(raw);
+  int rc = log ? wd_msg_annotate(msg, n, c->who.id, wd_now_ms(), &rec, &rec_len, &seq_offset) : WD_ERR_NOMEM;
   if (rc < 0) {
-    if (presettled)
-      pn_delivery_settle(d);
-    else
-      wd_amqp__reject_PT(d, "amqp:decode-error", "not a well-formed AMQP message");
-    wd_amqp__top_up_PT(link, lc, a);
+    wd_amqp__inbound_done_PT(c, d, "amqp:decode-error", "not a well-formed AMQP message");
+    wd_amqp__top_up_PT(lc);
     return;
   }
   commit_job_t *j = malloc(sizeof *j);
   if (j) {
-    *j = (commit_job_t){.amqp = a, .conn_id = c->id, .link = link, .delivery = presettled ? NULL : d};
+    *j = (commit_job_t){.amqp = a, .conn_id = c->id, .lc = lc, .delivery = *d};
+    if (d->presettled) j->delivery.pn = NULL;
     atomic_fetch_add(&a->inflight_commits, 1);
     rc = wd_store_log_append(log, rec, rec_len, seq_offset, on_committed, j);
     if (rc < 0) atomic_fetch_sub(&a->inflight_commits, 1);
@@ -263,18 +272,15 @@ void wd_amqp__log_on_delivery_PT(wd_conn_t *c, pn_link_t *link, pn_delivery_t *d
   if (rc < 0) {
     free(j);
     free(rec);
-    if (presettled)
-      pn_delivery_settle(d);
-    else
-      wd_amqp__reject_PT(d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
-                         wd_err_str(rc));
-    wd_amqp__top_up_PT(link, lc, a);
+    wd_amqp__inbound_done_PT(c, d, rc == WD_ERR_SHUTDOWN ? "amqp:connection:forced" : "amqp:resource-limit-exceeded",
+                             wd_err_str(rc));
+    wd_amqp__top_up_PT(lc);
     return;
   }
   /* At-most-once for a pre-settled message: it is forgotten whether or not it commits. */
-  if (presettled) pn_delivery_settle(d);
+  if (d->presettled) wd_amqp__inbound_done_PT(c, d, NULL, NULL);
   lc->pending_commits++;
-  wd_amqp__top_up_PT(link, lc, a);
+  wd_amqp__top_up_PT(lc);
 }
 
 int wd_amqp__log_outbound_open_PT(wd_conn_t *c, pn_link_t *link, wd_link_ctx_t *lc) {

@@ -1,9 +1,11 @@
 /* Every AMQP connection, plain or TLS: a Proton raw connection whose bytes
  * warden moves itself - through OpenSSL on the TLS listener, through warden's
  * own SASL exchange (protocol/sasl.c) until the peer has logged in, and only
- * then, behind the frame guard, into a Proton engine driven through a
- * pn_connection_driver. A peer that has not logged in holds a raw connection,
- * a read buffer and (TLS) an SSL object, not an engine (decision 8).
+ * then into an engine: a device's into warden's own (protocol/engine.c, via
+ * device.c), a service's, behind the frame guard, into Proton's, driven
+ * through a pn_connection_driver. A peer that has not logged in holds a raw
+ * connection, a read buffer and (TLS) an SSL object, not an engine; an idle
+ * device holds warden's engine and the same small read buffer (decision 8).
  *
  * Why not Proton's TLS layer: per idle connection it holds a BIO pair (two
  * 17 KiB rings), two 4 KiB application buffers and OpenSSL's record buffer,
@@ -12,8 +14,8 @@
  * only while there is something to send; an idle connection keeps the SSL
  * object and one small read buffer. Its buffers come from OpenSSL's allocator,
  * so that the large passing ones stay out of the malloc heap like OpenSSL's
- * own (gateway/crypto_memory.c). A plain connection, once its engine runs,
- * reads straight into the engine's input buffer.
+ * own (gateway/crypto_memory.c). A service's plain connection, once its
+ * engine runs, reads straight into the engine's input buffer.
  *
  * Everything of one connection runs in its raw connection's events, which
  * Proton serializes: the engine's events go through wd_amqp__handle. Proton
@@ -77,7 +79,8 @@ typedef struct {
   size_t pending_len, pending_cap;
   bool ending;          /* no engine will run: send what is queued, then close */
 
-  pn_connection_driver_t driver;
+  bool lean;            /* a device's: warden's own engine runs (c->engine) */
+  pn_connection_driver_t driver; /* a service's: Proton's engine */
   bool driver_ready;
   wd_frame_guard_t guard;
   size_t engine_read;   /* bytes the engine read, counted up to its AMQP header (8) */
@@ -255,6 +258,10 @@ static void engine_took(stream_t *w, const uint8_t *p, size_t n) {
 
 /* Plaintext after the login, into the engine. */
 static void engine_in(stream_t *w, const uint8_t *p, size_t n) {
+  if (w->lean) {
+    if (n > 0) wd_engine_input(w->conn->engine, p, n, wd_mono_ms());
+    return;
+  }
   while (n > 0) {
     pn_rwbytes_t room = pn_connection_driver_read_buffer(&w->driver);
     if (room.size == 0) return; /* the engine reads no more */
@@ -268,6 +275,10 @@ static void engine_in(stream_t *w, const uint8_t *p, size_t n) {
 
 /* The peer has logged in: its connection gets an engine. */
 static bool start_engine(stream_t *w, const wd_identity_t *who) {
+  if (who->is_device) {
+    w->conn->who = *who;
+    return (w->lean = wd_amqp__device_engine_new(w->conn) != NULL);
+  }
   pn_connection_t *pc = pn_connection();
   pn_transport_t *t = pn_transport();
   if (!pc || !t) {
@@ -300,7 +311,7 @@ static void end_login(stream_t *w) {
 
 /* Plaintext from the peer: its login, then its engine's. */
 static void plain_in(stream_t *w, const uint8_t *p, size_t n) {
-  if (w->driver_ready) {
+  if (w->driver_ready || w->lean) {
     engine_in(w, p, n);
     return;
   }
@@ -453,12 +464,26 @@ static void run_engine(stream_t *w) {
   if (next_tick > 0 && atomic_load(&c->tick_on_time)) wd_amqp__tick_needed(w->amqp, next_tick);
 }
 
+/* A device's engine: what its settles and flows left pending goes out, and
+ * the next heartbeat or idle deadline is noted for the proactor's timeout. */
+static void run_lean(stream_t *w) {
+  wd_conn_t *c = w->conn;
+  wd_engine_flush(c->engine);
+  int64_t next_tick = wd_engine_tick(c->engine, wd_mono_ms());
+  if (next_tick == INT64_MAX) next_tick = 0;
+  atomic_store(&c->tick_due_ms, next_tick);
+  if (next_tick > 0 && atomic_load(&c->tick_on_time)) wd_amqp__tick_needed(w->amqp, next_tick);
+}
+
 /* Runs what there is to run, then closes the socket's halves once nothing
  * more will be said on them. */
 static void process(stream_t *w) {
   if (w->driver_ready) run_engine(w);
-  bool done_writing = w->driver_ready ? pn_connection_driver_write_closed(&w->driver) || w->tls_failed : w->ending;
-  bool done_reading = w->driver_ready ? pn_connection_driver_read_closed(&w->driver) : w->ending;
+  if (w->lean) run_lean(w);
+  bool lean_done = w->lean && wd_engine_finished(w->conn->engine);
+  bool done_writing = w->driver_ready ? pn_connection_driver_write_closed(&w->driver) || w->tls_failed
+                                      : w->ending || lean_done;
+  bool done_reading = w->driver_ready ? pn_connection_driver_read_closed(&w->driver) : w->ending || lean_done;
   if (done_writing && w->tls && w->handshake_done && !w->tls_failed && !w->shutdown_sent) {
     w->shutdown_sent = true;
     SSL_shutdown(w->ssl); /* close_notify, so the peer knows nothing was cut off */
@@ -579,6 +604,8 @@ static void on_disconnected(stream_t *w) {
     while ((e = pn_connection_driver_next_event(&w->driver))) wd_amqp__handle(w->amqp, e);
     pn_connection_driver_destroy(&w->driver);
     wd_frame_guard_fini(&w->guard);
+  } else if (w->lean) {
+    wd_amqp__device_gone_PT(w->conn);
   } else if (w->conn) {
     wd_amqp__conn_gone(w->conn);
     wd_amqp__conn_free(w->conn);
@@ -606,6 +633,11 @@ static void on_half_closed(stream_t *w, bool reading) {
   else
     pn_connection_driver_write_close(&w->driver);
   process(w);
+}
+
+int wd_amqp__stream_write_PT(wd_conn_t *c, const uint8_t *p, size_t n) {
+  stream_t *w = pn_raw_connection_get_context(c->raw);
+  return w && !w->tls_failed ? send_plain(w, p, n) : -1;
 }
 
 void wd_amqp__conn_abort_PT(wd_conn_t *c) {
