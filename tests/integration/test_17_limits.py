@@ -18,7 +18,8 @@ import unittest
 from warden_harness import (ACCEPTED, WardenTestCase, connect_error, new_id, sas_token,
                             telemetry_message, wait_until)
 from limits_helpers import (ACCEPTED_STATE, DISPOSITION, END, SASL_AUTH, SASL_HEADER, SASL_OK, Closed, RawAmqp,
-                            begin_frame, detach_frame, end_frame, metric_value, raw_login, transfer_frame)
+                            attach_frame, begin_frame, detach_frame, end_frame, metric_value, raw_login,
+                            transfer_frame)
 
 RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 ATTACKER = "127.0.0.2"   # loopback only
@@ -278,6 +279,22 @@ class LinksPerConnectionTest(LimitsCase):
         self.assertAttachRefused(c, "telemetry", condition=RESOURCE_LIMIT)
         for l in links:
             self.assertEqual(l.send(telemetry_message(b"x", msg_id=new_id("m"))), ACCEPTED)
+
+    def test_refused_links_held_open_end_the_connection(self):
+        """A refused attach holds warden's state until the peer detaches it too. A device that
+        never does cannot pile them up: past twice max_links + 8 links held, the connection ends
+        with resource-limit-exceeded (and warden goes on serving)."""
+        r, _ = self.raw_device()
+        self.addCleanup(r.close)
+        r.begin(0)
+        held = 2 * self.MAX_LINKS + 8
+        for h in range(held):
+            _, _, detach = r.attach_sender(0, h, "telemetry")
+            if h >= self.MAX_LINKS:
+                self.assertIsNotNone(detach, "attach %d was not refused" % h)
+        r.send(attach_frame(0, held, "one-too-many", "telemetry", sender=True))
+        self.assertIsNotNone(r.wait_closed(5.0), "the connection stayed open")
+        self.assertEqual(r.close_condition[0] if r.close_condition else None, RESOURCE_LIMIT)
 
     def test_links_ended_with_their_session_are_freed(self):
         """A session ended with its links still attached takes them with it, and their slots must come
