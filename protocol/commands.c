@@ -391,6 +391,8 @@ static void egress_send(wd_conn_t *c, void *arg, bool discard) {
     }
     /* Not sent (gone, or the mark failed): free its place; a durable mark counts as an attempt at recovery. */
     if (!sent) inflight_remove(lc, q->seq);
+    /* Not sent though the link is up: the device's window shrank since the pump; wait for its next flow. */
+    if (!sent && sj->job.rc == WD_OK && !lc->closed && !c->closing) lc->window_blocked = true;
     lc->marking--;
     egress_unpin(c, lc);
   }
@@ -408,7 +410,7 @@ static void on_marked(void *ctx, int rc) {
  * mark has committed, so a crash before the device sees it leaves a durable
  * attempt (redelivered with delivery-count raised), never a silent one. */
 void wd_amqp__egress_pump_PT(wd_conn_t *c, wd_link_ctx_t *lc) {
-  if (!lc->egress_ready || lc->closed || !lc->lean || c->closing) return;
+  if (!lc->egress_ready || lc->closed || !lc->lean || c->closing || lc->window_blocked) return;
   /* Credit not yet matched by a send in flight. */
   int64_t credit = (int64_t)wd_engine_link_credit(lc->lean) - lc->marking;
   if (credit <= 0) {
@@ -420,6 +422,13 @@ void wd_amqp__egress_pump_PT(wd_conn_t *c, wd_link_ctx_t *lc) {
                               &msgs);
   int i = 0;
   for (; i < n; i++) {
+    /* Marked only if the device's session window takes it now: a device whose
+       window is too small for a message must not have it marked (its
+       delivery-count raised) over and over without ever seeing it. */
+    if (!wd_engine_link_fits(lc->lean, WD_MSG_HEADER_MAX + msgs[i].len)) {
+      lc->window_blocked = true;
+      break;
+    }
     delivery_job_t *sj = calloc(1, sizeof *sj);
     if (!sj || !seq_add(&lc->inflight, &lc->n_inflight, &lc->cap_inflight, msgs[i].seq)) {
       free(sj);

@@ -54,7 +54,9 @@ static void on_attach(void *ctx, wd_engine_link_t *l) {
 
 static void on_flow(void *ctx, wd_engine_link_t *l) {
   wd_link_ctx_t *lc = wd_engine_link_get_context(l);
-  if (lc && lc->addr.kind == WD_ADDR_EGRESS) wd_amqp__egress_pump_PT(ctx, lc);
+  if (!lc || lc->addr.kind != WD_ADDR_EGRESS) return;
+  lc->window_blocked = false; /* its window may take the next message now */
+  wd_amqp__egress_pump_PT(ctx, lc);
 }
 
 static void on_message(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, bool settled, const uint8_t *msg,
@@ -67,8 +69,8 @@ static void on_message(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, b
     return;
   }
   atomic_store(&c->last_seen_ms, wd_now_ms());
-  if (!msg) { /* refused by the engine for its size */
-    wd_amqp__oversize_PT(lc, len);
+  if (!msg) { /* refused by the engine for its size, or aborted by the device */
+    if (len > 0) wd_amqp__oversize_PT(lc, len);
   } else if (lc->closed) {
     in.presettled = true;
   } else if (len == 0) {

@@ -111,6 +111,7 @@ struct wd_engine_link {
   bool partial_oversize;  /* it outgrew max_message_size: counted, no longer kept */
   bool partial_accepted;  /* it had credit and is being taken (not ignored) */
   bool draining;          /* outbound: the peer's last flow asked for a drain */
+  bool drain_answered;    /* outbound: warden's drained flow for that flow is out */
   bool flow_pending;
   char strings[]; /* name, source address, target address, each NUL-terminated */
 };
@@ -1099,6 +1100,7 @@ static void on_flow_frame(wd_engine_t *e, session_t *s, pn_data_t *d) {
       link_grew = now_credit > l->credit || drain;
       l->credit = now_credit;
       l->draining = drain;
+      l->drain_answered = false;
       if (echo) want_flow(l);
     }
   }
@@ -1317,7 +1319,11 @@ static void on_transfer(wd_engine_t *e, session_t *s, const uint8_t *perf, const
   }
   l->partial_settled = l->partial_settled || t.settled;
   if (t.aborted) {
+    uint32_t id = l->partial_id;
     drop_partial(l);
+    /* Settled by the abort itself: nothing to answer, but its credit was spent. */
+    wd_engine_delivery_t dv = {.session = s->serial, .id = id, .outbound = false};
+    if (e->h.on_message) e->h.on_message(e->ctx, l, dv, true, NULL, 0);
     return;
   }
   if (t.more) {
@@ -1791,6 +1797,8 @@ bool wd_engine_link_draining(const wd_engine_link_t *l) { return !l->inbound && 
 
 void wd_engine_link_drained(wd_engine_link_t *l) {
   if (l->inbound || !l->draining || !wd_engine_link_active(l) || !can_write(l->engine)) return;
+  if (l->drain_answered && l->credit == 0) return; /* said already: the owner pumps often */
+  l->drain_answered = true;
   l->delivery_count += l->credit;
   l->credit = 0;
   want_flow(l);
@@ -1843,15 +1851,25 @@ static void write_transfer(wd_engine_t *e, const wd_engine_link_t *l, uint32_t i
   enc_fini(&w);
 }
 
+/* The transfer frames a message of total bytes takes at the peer's max-frame-size. */
+static size_t frames_for(const wd_engine_t *e, size_t total) {
+  size_t chunk = e->peer_max_frame - TRANSFER_OVERHEAD;
+  return total == 0 ? 1 : (total - 1) / chunk + 1;
+}
+
+bool wd_engine_link_fits(const wd_engine_link_t *l, size_t len) {
+  return !l->inbound && wd_engine_link_active(l) && can_write(l->engine) && l->credit > 0 &&
+         frames_for(l->engine, len) <= window_left(l->session);
+}
+
 int wd_engine_send(wd_engine_link_t *l, const uint8_t *tag, size_t tag_len, const void *head, size_t head_len,
                    const void *body, size_t body_len, bool settled, wd_engine_delivery_t *d) {
   wd_engine_t *e = l->engine;
   session_t *s = l->session;
-  if (l->inbound || !wd_engine_link_active(l) || !can_write(e) || tag_len > TAG_MAX || l->credit == 0) return -1;
-  size_t chunk = e->peer_max_frame - TRANSFER_OVERHEAD;
   size_t total = head_len + body_len;
-  size_t frames = total == 0 ? 1 : (total - 1) / chunk + 1;
-  if (frames > window_left(s)) return -1;
+  if (tag_len > TAG_MAX || !wd_engine_link_fits(l, total)) return -1;
+  size_t chunk = e->peer_max_frame - TRANSFER_OVERHEAD;
+  size_t frames = frames_for(e, total);
   uint32_t id = s->next_delivery_out;
   if (!settled) {
     if (s->n_sent == s->cap_sent) {

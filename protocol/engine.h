@@ -72,10 +72,11 @@ typedef struct {
      asked it to drain. */
   void (*on_flow)(void *ctx, wd_engine_link_t *l);
   /* A whole message arrived on an inbound link (its last transfer frame).
-     msg and len are valid during the call only. msg is NULL when the engine
-     refused the message itself (larger than the link's max_message_size: it
-     was rejected with amqp:link:message-size-exceeded, or dropped if the peer
-     had settled it): the owner may grant the credit again. d.outbound is
+     msg and len are valid during the call only. msg is NULL when there is no
+     message to take, and the owner may grant the credit again: the engine
+     refused it (len: its size, over the link's max_message_size; it was
+     rejected with amqp:link:message-size-exceeded, or dropped if the peer had
+     settled it), or the peer aborted it (len 0, settled). d.outbound is
      false; a settled delivery (the peer pre-settled it) needs no settle. */
   void (*on_message)(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, bool settled, const uint8_t *msg,
                      size_t len);
@@ -165,6 +166,9 @@ bool wd_engine_link_draining(const wd_engine_link_t *l);
 /* Outbound: after sending what it has, warden uses up the rest of a draining
  * link's credit (a flow with drain). Nothing when not draining. */
 void wd_engine_link_drained(wd_engine_link_t *l);
+/* Outbound: whether a message of len bytes could be sent now: there is
+ * credit, and its session's incoming window has room for all its frames. */
+bool wd_engine_link_fits(const wd_engine_link_t *l, size_t len);
 /* Outbound: sends one message, the bytes of head followed by those of body,
  * in as many transfer frames as the peer's max-frame-size needs, with a
  * delivery-tag of tag_len <= 32 bytes. Unsettled unless `settled`. Returns 0,

@@ -118,6 +118,7 @@ struct wd_link_ctx {
   wd_store_log_t *log;      /* inbound: the log written (NULL: per message); outbound: the log read */
   wd_store_group_t *group;  /* outbound log consumers */
   bool egress_ready;        /* device egress: recovered, may deliver */
+  bool window_blocked;      /* device egress: the next message does not fit the device's session window; waits for its next flow */
   uint64_t *inflight;       /* device egress: sequence numbers sent (or being marked), not yet settled */
   int marking;              /* device egress: marks in flight, each to be sent when it commits */
   size_t n_inflight, cap_inflight;

@@ -18,8 +18,8 @@ import unittest
 from warden_harness import (ACCEPTED, WardenTestCase, connect_error, new_id, sas_token,
                             telemetry_message, wait_until)
 from limits_helpers import (ACCEPTED_STATE, DISPOSITION, END, SASL_AUTH, SASL_HEADER, SASL_OK, Closed, RawAmqp,
-                            attach_frame, begin_frame, detach_frame, end_frame, metric_value, raw_login,
-                            transfer_frame)
+                            ATTACH, BEGIN, FLOW, TRANSFER, attach_frame, begin_frame, described, detach_frame,
+                            end_frame, frame, lst, metric_value, null, raw_login, transfer_frame, uint)
 
 RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 ATTACKER = "127.0.0.2"   # loopback only
@@ -238,6 +238,56 @@ class SaslDeadlineTest(LimitsCase):
 
 # --------------------------------------------------------------------------
 # 3. links per connection
+
+class SessionWindowTest(LimitsCase):
+    """A device's session incoming-window bounds how many transfer frames warden may send it.
+    A command too large for that window must wait for the window to grow, not be marked
+    delivered (its delivery-count raised) again and again without ever reaching the device."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = cls.start_class_gateway()
+
+    def tearDown(self):
+        self.assertHealthy()
+
+    def session_flow(self, r, window, handle=None, credit=0):
+        fields = [uint(0), uint(window), uint(0), uint(2048)]
+        if handle is not None:
+            fields += [uint(handle), uint(0), uint(credit)]
+        r.send(frame(described(FLOW, lst(*fields)), channel=0))
+
+    def test_a_command_larger_than_the_window_waits_for_it(self):
+        dev, key = self.gw.create_device()
+        r = self.raw(self.gw)
+        self.addCleanup(r.close)
+        r.login(dev, sas_token(dev, key), max_frame=512)
+        r.send(frame(described(BEGIN, lst(null(), uint(0), uint(1), uint(2048))), channel=0))  # a window of 1 frame
+        r.expect(BEGIN, channel=0)
+        r.send(attach_frame(0, 0, "cmd", "commands", sender=False))
+        r.expect(ATTACH, channel=0)
+        self.session_flow(r, 1, handle=0, credit=10)
+        big = self.gw.rest("POST", "/v1/devices/%s/commands" % dev, b"b" * 3000,
+                           headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual(big.status, 202, big)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                f = r.read_frame(max(0.0, deadline - time.monotonic()))
+            except socket.timeout:
+                break
+            self.assertNotEqual(f.code, TRANSFER, "a transfer past the device's window: %r" % f)
+        st = self.gw.rest("GET", "/v1/devices/%s/commands/%s" % (dev, big.json["messageId"]))
+        self.assertEqual(st.status, 200, st)
+        self.assertEqual(st.json["status"], "queued", "the command was not kept for the device: %r" % st.json)
+        # The window grows: the whole command arrives, in frames of at most 512 bytes.
+        self.session_flow(r, 64)
+        got, more = 0, True
+        while more:
+            f = r.expect(TRANSFER, timeout=5.0, channel=0)
+            got += 1
+            more = bool(f.field(5))
+        self.assertGreaterEqual(got, 6, "3000 bytes in %d transfer frames of at most 512" % got)
 
 class LinksPerConnectionTest(LimitsCase):
     MAX_LINKS = 3
