@@ -219,11 +219,10 @@ void wd_amqp__link_refuse_PT(pn_link_t *link, const char *condition, const char 
 void wd_amqp__link_ctx_free(wd_link_ctx_t *lc) {
   if (!lc) return;
   if (lc->pn) pn_link_set_context(lc->pn, NULL);
-  for (wd_link_ctx_t **p = lc->pn ? NULL : &lc->conn->links; p && *p; p = &(*p)->next) {
-    if (*p == lc) {
-      *p = lc->next;
-      break;
-    }
+  if (!lc->pn) { /* a device's: out of its connection's list */
+    wd_link_ctx_t **p = &lc->conn->links;
+    while (*p && *p != lc) p = &(*p)->next;
+    if (*p) *p = lc->next;
   }
   free(lc->inflight);
   free(lc->awaiting);

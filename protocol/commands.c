@@ -347,7 +347,7 @@ static void on_settle_done(void *ctx, int rc) {
 }
 
 static egress_job_t *egress_job(wd_conn_t *c, wd_link_ctx_t *lc, uint64_t seq) {
-  egress_job_t *j = calloc(1, sizeof *j);
+  egress_job_t *j = malloc(sizeof *j);
   if (j) *j = (egress_job_t){.amqp = c->amqp, .conn_id = c->id, .lc = lc, .seq = seq};
   return j;
 }
@@ -461,10 +461,6 @@ static uint64_t tag_seq(const wd_engine_outcome_t *o) {
 
 void wd_amqp__egress_outcome_PT(wd_link_ctx_t *lc, wd_engine_delivery_t d, const wd_engine_outcome_t *o) {
   wd_conn_t *c = lc->conn;
-  uint64_t seq = tag_seq(o);
-  size_t before = lc->n_awaiting;
-  seq_remove(lc->awaiting, &lc->n_awaiting, seq);
-  if (lc->n_awaiting == before) return; /* its outcome is being recorded already */
   wd_settle_t how;
   switch (o->state) {
     case WD_ENGINE_ACCEPTED: how = WD_SETTLE_COMPLETED; break;
@@ -474,12 +470,13 @@ void wd_amqp__egress_outcome_PT(wd_link_ctx_t *lc, wd_engine_delivery_t d, const
       how = o->undeliverable_here ? WD_SETTLE_UNDELIVERABLE : o->delivery_failed ? WD_SETTLE_FAILED : WD_SETTLE_RELEASED;
       break;
     default:
-      if (!o->settled) {
-        seq_add(&lc->awaiting, &lc->n_awaiting, &lc->cap_awaiting, seq); /* no outcome yet: still awaited */
-        return;
-      }
+      if (!o->settled) return; /* no outcome yet */
       how = WD_SETTLE_COMPLETED; /* settled without an outcome: the device took it */
   }
+  uint64_t seq = tag_seq(o);
+  size_t before = lc->n_awaiting;
+  seq_remove(lc->awaiting, &lc->n_awaiting, seq);
+  if (lc->n_awaiting == before) return; /* its outcome is being recorded already */
   egress_job_t *j = egress_job(c, lc, seq);
   if (j) j->delivery = d;
   if (j && wd_store_queue_settle(c->amqp->store, c->who.id, seq, how, on_settle_done, j) == WD_OK) {

@@ -63,11 +63,8 @@ static void on_message(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, b
                        size_t len) {
   wd_conn_t *c = ctx;
   wd_link_ctx_t *lc = wd_engine_link_get_context(l);
+  if (!lc) return; /* the engine delivers only on links warden opened */
   wd_inbound_t in = {.lean = d, .presettled = settled};
-  if (!lc) {
-    wd_amqp__inbound_done_PT(c, &in, "amqp:not-allowed", "the link was refused");
-    return;
-  }
   atomic_store(&c->last_seen_ms, wd_now_ms());
   if (!msg) { /* refused by the engine for its size, or aborted by the device */
     if (len > 0) wd_amqp__oversize_PT(lc, len);
@@ -86,15 +83,13 @@ static void on_message(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, b
 }
 
 static void on_outcome(void *ctx, wd_engine_link_t *l, wd_engine_delivery_t d, const wd_engine_outcome_t *o) {
+  (void)ctx;
   wd_link_ctx_t *lc = wd_engine_link_get_context(l);
-  if (lc && lc->addr.kind == WD_ADDR_EGRESS)
-    wd_amqp__egress_outcome_PT(lc, d, o);
-  else
-    wd_engine_settle(((wd_conn_t *)ctx)->engine, d, WD_ENGINE_NONE, NULL, NULL);
+  if (lc) wd_amqp__egress_outcome_PT(lc, d, o); /* warden sends on a device's queue only */
 }
 
 static void on_detach(void *ctx, wd_engine_link_t *l) {
-  wd_conn_t *c = ctx;
+  (void)ctx;
   wd_link_ctx_t *lc = wd_engine_link_get_context(l);
   if (!lc) return;
   wd_engine_link_set_context(l, NULL);
@@ -102,8 +97,7 @@ static void on_detach(void *ctx, wd_engine_link_t *l) {
   lc->closed = true;
   wd_amqp__link_uncount_PT(lc);
   if (lc->addr.kind == WD_ADDR_EGRESS) wd_amqp__egress_lost_PT(lc);
-  /* Once the connection is gone, the jobs that would have let it go run discarded. */
-  if (lc->pending_commits == 0 || c->gone) wd_amqp__link_ctx_free(lc);
+  if (lc->pending_commits == 0) wd_amqp__link_ctx_free(lc);
 }
 
 static void on_close(void *ctx, bool by_peer, const char *condition, const char *description) {
@@ -151,7 +145,8 @@ void wd_amqp__device_gone_PT(wd_conn_t *c) {
   wd_amqp__conn_gone(c);
   wd_engine_free(c->engine); /* detaches every link */
   c->engine = NULL;
-  while (c->links) wd_amqp__link_ctx_free(c->links); /* detached earlier, held by jobs now discarded */
+  /* What store jobs still held: those jobs ran discarded when the connection went. */
+  while (c->links) wd_amqp__link_ctx_free(c->links);
   wd_log("amqp", WD_LOG_DEBUG, "[C%llu] '%s' disconnected", (unsigned long long)c->id, c->who.id);
   wd_amqp__conn_free(c);
 }

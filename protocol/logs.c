@@ -249,7 +249,6 @@ void wd_amqp__log_open_PT(wd_link_ctx_t *lc) {
 void wd_amqp__log_message_PT(wd_link_ctx_t *lc, const wd_inbound_t *d, const uint8_t *msg, size_t n) {
   wd_conn_t *c = lc->conn;
   wd_amqp_t *a = c->amqp;
-  atomic_store(&c->last_seen_ms, wd_now_ms());
   wd_store_log_t *log = lc->log ? lc->log : response_log(c, msg, n);
   uint8_t *rec = NULL;
   size_t rec_len, seq_offset;
