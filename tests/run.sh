@@ -41,7 +41,9 @@ fuzz() {
   echo "=== fuzz: seeds"
   ctest --preset fuzz
   echo "=== fuzz: ${secs}s per target, $cpus at a time"
-  local targets=(fuzz_amqp fuzz_tls fuzz_rest fuzz_sas fuzz_config fuzz_message fuzz_jwt fuzz_journal)
+  # Every target tests/fuzz/CMakeLists.txt registers (each has a seed test of its name).
+  local targets
+  mapfile -t targets < <(ctest --preset fuzz -N | sed -n 's/^ *Test *#[0-9]*: *//p')
   for t in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$cpus" ]; do wait -n || true; done
     fuzz_one "$t" "$secs" "$bin" "$work" &
